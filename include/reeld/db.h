@@ -1,0 +1,108 @@
+/* Asynchronous PostgreSQL pool over libpq, driven by the libevent loop.
+ *
+ * Connections are opened with PQconnectStartParams/PQconnectPoll (with a
+ * connect timeout of their own), put in nonblocking and pipeline mode, and
+ * every query queued by callers is sent on the least-busy ready connection
+ * without waiting for earlier answers: the queries that many requests
+ * queue in one loop turn go out together in one pipeline, each followed
+ * by a sync so one failing query never aborts another's.
+ *
+ * Statements are declared once as static `struct db_stmt` objects (SQL in
+ * one place per module); each connection prepares a statement the first
+ * time it is used on it, inside the same pipeline.
+ *
+ * Callbacks: every accepted query gets exactly one callback, unless it was
+ * cancelled with db_cancel first; then it gets none. A callback never runs
+ * inside the db_query call that queued it. After a lost connection, the
+ * queries in flight on it fail with err = "database unavailable" (callers
+ * answer 503); the pool reconnects with backoff on its own.
+ *
+ * Queries queued while no connection is up wait up to the pool's queue
+ * timeout (default 5 s), then fail the same way. */
+#ifndef REELD_DB_H
+#define REELD_DB_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct event_base;
+struct db_pool;
+struct db_req;
+struct db_tx;
+struct pg_result;
+
+/* A named statement. Define as `static struct db_stmt q_x = {"x", "SELECT ..."};` */
+struct db_stmt {
+    const char *name; /* unique across the program */
+    const char *sql;  /* $1..$n parameters, text format */
+};
+
+/* Read-only view of one result. Valid only during the callback. */
+struct db_res {
+    struct pg_result *pg; /* the underlying PGresult */
+};
+
+/* err == NULL on success. On failure err is a message (valid during the
+ * callback), sqlstate the 5-char SQLSTATE or "" (e.g. "23505" unique
+ * violation, "08006" connection failure), res is NULL. */
+typedef void (*db_cb)(void *arg, const struct db_res *res, const char *err, const char *sqlstate);
+
+struct db_pool_opts {
+    const char *conninfo; /* libpq URI or key=value string */
+    int size;             /* query connections, >= 1 */
+    int connect_timeout_ms;
+    int queue_timeout_ms;
+};
+
+struct db_pool *db_pool_new(struct event_base *base, const struct db_pool_opts *opts);
+/* Fails every pending query (their callbacks run), closes everything. */
+void db_pool_free(struct db_pool *p);
+
+/* Queue a statement with nparams text parameters (NULL entries are SQL
+ * NULL). Parameters are copied. Returns a handle usable with db_cancel
+ * until the callback starts, or NULL if the pool is shutting down. */
+struct db_req *db_query(struct db_pool *p, const struct db_stmt *st, int nparams,
+                        const char *const *params, db_cb cb, void *arg);
+/* Drop interest: the callback will not run. The query may still execute. */
+void db_cancel(struct db_req *r);
+
+/* Transactions: several statements on one connection. db_tx_begin's
+ * callback receives the tx (or NULL and err). Inside, db_tx_query queues
+ * statements on that connection; db_tx_commit / db_tx_rollback end it and
+ * report through cb. If the connection dies, pending tx queries fail and
+ * the tx is finished (commit then reports the error). */
+typedef void (*db_tx_cb)(void *arg, struct db_tx *tx, const char *err);
+struct db_req *db_tx_begin(struct db_pool *p, db_tx_cb cb, void *arg);
+int db_tx_query(struct db_tx *tx, const struct db_stmt *st, int nparams,
+                const char *const *params, db_cb cb, void *arg);
+void db_tx_commit(struct db_tx *tx, db_cb cb, void *arg);
+void db_tx_rollback(struct db_tx *tx);
+
+/* Typed row access (row 0-based; col by index or by name via db_col). */
+int db_nrows(const struct db_res *r);
+int db_col(const struct db_res *r, const char *name); /* -1 if absent */
+int db_isnull(const struct db_res *r, int row, int col);
+const char *db_str(const struct db_res *r, int row, int col); /* NULL if null */
+long long db_int(const struct db_res *r, int row, int col);   /* 0 if null */
+double db_dbl(const struct db_res *r, int row, int col);
+int db_bool(const struct db_res *r, int row, int col); /* 't' -> 1 */
+long long db_affected(const struct db_res *r);         /* cmdTuples */
+
+/* LISTEN/NOTIFY on a dedicated connection. on_notify runs for each
+ * notification on a channel; on_reconnect runs after the connection came
+ * back and every channel was LISTENed again, so subscribers can catch up
+ * on what they missed. */
+typedef void (*db_notify_cb)(void *arg, const char *channel, const char *payload);
+typedef void (*db_reconnect_cb)(void *arg);
+int db_listen(struct db_pool *p, const char *channel, db_notify_cb on_notify,
+              db_reconnect_cb on_reconnect, void *arg);
+
+/* Health and metrics. */
+struct db_stats {
+    int conns_total, conns_ready;
+    long long queued, in_flight, sent_total, failed_total;
+};
+void db_stats(const struct db_pool *p, struct db_stats *out);
+int db_ready(const struct db_pool *p); /* at least one connection ready */
+
+#endif

@@ -1,0 +1,10 @@
+/* Every route of the API, in one place. */
+#include "reeld/api.h"
+#include "reeld/app.h"
+#include "reeld/http.h"
+
+void api_register(struct http_server *s)
+{
+    api_ops_routes(s);
+    api_org_routes(s);
+}
