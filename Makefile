@@ -20,6 +20,7 @@ LIBOBJ  := $(filter-out $(BUILD)/obj/src/main.o,$(OBJ))
 LLOBJ   := $(BUILD)/obj/llhttp/llhttp.o $(BUILD)/obj/llhttp/api.o $(BUILD)/obj/llhttp/http.o
 UNIT    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(wildcard tests/unit/test_*.c))
 
+.DELETE_ON_ERROR:
 .PHONY: all deps run test asan fmt fmt-check fuzz bench clean unit
 all: $(BUILD)/reeld
 

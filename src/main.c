@@ -29,8 +29,6 @@
 
 #define REELD_VERSION "0.1.0"
 
-struct app app;
-
 static char conninfo[PATH_MAX + 128];
 static char schema_dir[PATH_MAX];
 static struct event *hard_stop_ev;
@@ -43,6 +41,7 @@ static void usage(FILE *out)
             "       reeld token --sub USER [--org ORG] [--role admin|member] [--ttl S]\n"
             "                                 print a dev JWT (REELD_AUTH=dev only)\n"
             "       reeld config-table        print the configuration as a Markdown table\n"
+            "       reeld routes              list the HTTP routes\n"
             "       reeld --help | --version\n\n");
     config_help(out);
 }
@@ -201,6 +200,26 @@ static int cmd_token(int argc, char **argv)
     }
     printf("%s\n", tok);
     free(tok);
+    return 0;
+}
+
+static void print_route(void *arg, const char *method, const char *pattern)
+{
+    (void)arg;
+    printf("%s %s\n", method, pattern);
+}
+
+/* Lists every route the server registers, one "METHOD /pattern" a line
+ * (the OpenAPI consistency test reads it). */
+static int cmd_routes(void)
+{
+    struct http_server_opts o = {.host = "127.0.0.1"};
+    struct http_server *s = http_server_new(NULL, &o);
+    if (!s)
+        return 1;
+    api_register(s);
+    http_routes_each(s, print_route, NULL);
+    http_server_free(s);
     return 0;
 }
 
@@ -375,6 +394,8 @@ int main(int argc, char **argv)
         printf("reeld %s\n", REELD_VERSION);
         return 0;
     }
+    if (strcmp(cmd, "routes") == 0)
+        return cmd_routes();
     if (strcmp(cmd, "config-table") == 0) {
         config_markdown(stdout);
         return 0;

@@ -22,8 +22,10 @@
  *
  * Transfers use http and https only, follow no redirects, use no proxy
  * (the http_proxy family of variables is ignored), accept any content
- * encoding libcurl can decode, and send no "Expect: 100-continue" unless
- * the caller's headers ask for it. */
+ * encoding libcurl can decode when collecting (none when streaming), and
+ * send no "Expect: 100-continue" unless the caller's headers ask for it.
+ * libcurl is initialised (curl_global_init) by the first fetch_new and
+ * released with the last fetch_free. */
 #ifndef REELD_FETCH_H
 #define REELD_FETCH_H
 
@@ -40,13 +42,13 @@ struct fetch_req;
 #define FETCH_ERR_ABORTED "aborted"
 
 struct fetch_resp {
-    long status;        /* HTTP status, 0 if no response */
-    const char *body;   /* collected body (NUL-terminated), "" when streamed */
+    long status;      /* HTTP status, 0 if no response */
+    const char *body; /* collected body (NUL-terminated), "" when streamed */
     size_t body_len;
-    const char *content_type;   /* or NULL */
-    int64_t retry_after_ms;     /* from Retry-After / retry-after-ms, -1 if absent */
-    const char *err;            /* NULL on transport success, else message */
-    int timed_out;              /* 1 if err is a timeout */
+    const char *content_type; /* or NULL */
+    int64_t retry_after_ms;   /* from Retry-After / retry-after-ms, -1 if absent */
+    const char *err;          /* NULL on transport success, else message */
+    int timed_out;            /* 1 if err is a timeout */
 };
 
 /* Streaming body, called from inside libcurl with the next bytes in
@@ -62,10 +64,10 @@ struct fetch_opts {
     const char *const *headers; /* NULL-terminated "Name: value" list, copied */
     const char *body;           /* body_len bytes, copied */
     size_t body_len;
-    long timeout_ms;            /* whole transfer; 0 = 30 s */
-    long connect_timeout_ms;    /* 0 = 10 s */
-    size_t max_body;            /* collected mode; 0 = 8 MiB */
-    fetch_data_cb on_data;      /* streaming mode when set */
+    long timeout_ms;         /* whole transfer; 0 = 30 s */
+    long connect_timeout_ms; /* 0 = 10 s */
+    size_t max_body;         /* collected mode; 0 = 8 MiB */
+    fetch_data_cb on_data;   /* streaming mode when set */
 };
 
 /* A transfer engine on base (which stays the caller's and must outlive
@@ -79,9 +81,9 @@ void fetch_free(struct fetch *f);
 int fetch_async_dns(void);
 
 /* Starts a transfer; the request begins on the next loop turn. done (may
- * be NULL) receives the outcome. Returns NULL on bad input (no url, a
- * method or header with CR/LF, body_len without body) or out of memory;
- * then no callback runs. */
+ * be NULL) receives the outcome; arg goes to both o->on_data and done.
+ * Returns NULL on bad input (no url, a method or header with CR/LF,
+ * body_len without body) or out of memory; then no callback runs. */
 struct fetch_req *fetch_start(struct fetch *f, const struct fetch_opts *o, fetch_done_cb done,
                               void *arg);
 /* After this no callback of r runs and r is gone. Safe from anywhere,
@@ -105,7 +107,7 @@ int fetch_active(const struct fetch *f);
 struct fetch_retry_policy {
     int max_attempts; /* total attempts, including the first */
     int64_t base_ms;
-    int64_t max_ms;   /* <= 0: no cap */
+    int64_t max_ms; /* <= 0: no cap */
 };
 int64_t fetch_retry_delay(const struct fetch_retry_policy *p, int attempt,
                           const struct fetch_resp *resp);

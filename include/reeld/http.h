@@ -104,6 +104,9 @@ struct http_server_opts {
 struct http_server *http_server_new(struct event_base *base, const struct http_server_opts *o);
 /* Binds and listens; returns 0 or -1 (logged). */
 int http_server_listen(struct http_server *s);
+/* Serve an already-connected socket as if accepted (fuzzing, tests).
+ * Returns 0, or -1 after closing fd. */
+int http_server_adopt(struct http_server *s, int fd);
 /* Port actually bound (useful with port 0). */
 int http_server_port(const struct http_server *s);
 void http_server_free(struct http_server *s);

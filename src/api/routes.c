@@ -3,6 +3,8 @@
 #include "reeld/app.h"
 #include "reeld/http.h"
 
+struct app app;
+
 void api_register(struct http_server *s)
 {
     api_ops_routes(s);

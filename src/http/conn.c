@@ -815,18 +815,24 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     (void)sa;
     (void)salen;
     struct http_server *s = arg;
+    http_server_adopt(s, fd);
+}
+
+int http_server_adopt(struct http_server *s, int fd)
+{
     if (s->st.conns_open >= s->o.max_conns || s->shutting_down) {
         /* Best effort, never blocking: one nonblocking send, then close. */
         ssize_t w = send(fd, busy_503, sizeof busy_503 - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
         (void)w;
         evutil_closesocket(fd);
         s->st.conns_rejected++;
-        return;
+        return -1;
     }
+    evutil_make_socket_nonblocking(fd);
     struct http_conn *c = calloc(1, sizeof *c);
     if (!c) {
         evutil_closesocket(fd);
-        return;
+        return -1;
     }
     c->srv = s;
     c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
@@ -840,7 +846,7 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
             evutil_closesocket(fd);
         c->bev = NULL;
         conn_free_now(c);
-        return;
+        return -1;
     }
     llhttp_init(&c->parser, HTTP_REQUEST, &settings);
     c->parser.data = c;
@@ -856,6 +862,7 @@ static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct soc
     s->st.conns_total++;
     c->tmode = T_NONE;
     conn_arm(c, T_HEADER);
+    return 0;
 }
 
 struct http_server *http_server_new(struct event_base *base, const struct http_server_opts *o)
