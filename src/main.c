@@ -35,14 +35,13 @@ static struct event *hard_stop_ev;
 
 static void usage(FILE *out)
 {
-    fprintf(out,
-            "usage: reeld [serve]             HTTP API and pipeline workers (default)\n"
-            "       reeld migrate             apply schema/NNN_*.sql in order\n"
-            "       reeld token --sub USER [--org ORG] [--role admin|member] [--ttl S]\n"
-            "                                 print a dev JWT (REELD_AUTH=dev only)\n"
-            "       reeld config-table        print the configuration as a Markdown table\n"
-            "       reeld routes              list the HTTP routes\n"
-            "       reeld --help | --version\n\n");
+    fprintf(out, "usage: reeld [serve]             HTTP API and pipeline workers (default)\n"
+                 "       reeld migrate             apply schema/NNN_*.sql in order\n"
+                 "       reeld token --sub USER [--org ORG] [--role admin|member] [--ttl S]\n"
+                 "                                 print a dev JWT (REELD_AUTH=dev only)\n"
+                 "       reeld config-table        print the configuration as a Markdown table\n"
+                 "       reeld routes              list the HTTP routes\n"
+                 "       reeld --help | --version\n\n");
     config_help(out);
 }
 
@@ -66,8 +65,7 @@ static void find_schema_dir(void)
             const char *cands[] = {"../schema", "../share/reeld/schema"};
             for (size_t i = 0; i < 2; i++) {
                 snprintf(schema_dir, sizeof schema_dir, "%s/%s", exe, cands[i]);
-                if (stat(schema_dir, &st) == 0 && S_ISDIR(st.st_mode))
-                    return;
+                if (stat(schema_dir, &st) == 0 && S_ISDIR(st.st_mode)) return;
             }
         }
     }
@@ -81,8 +79,7 @@ static int mkdir_p(const char *path)
     for (char *p = tmp + 1; *p; p++) {
         if (*p == '/') {
             *p = '\0';
-            if (mkdir(tmp, 0755) != 0 && errno != EEXIST)
-                return -1;
+            if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
             *p = '/';
         }
     }
@@ -142,18 +139,29 @@ static int cmd_token(int argc, char **argv)
     optind = 1;
     while ((c = getopt_long(argc, argv, "", opts, NULL)) != -1) {
         switch (c) {
-        case 's': sub = optarg; break;
-        case 'o': org = optarg; break;
-        case 'r': role = optarg; break;
-        case 'e': email = optarg; break;
-        case 'n': name = optarg; break;
+        case 's':
+            sub = optarg;
+            break;
+        case 'o':
+            org = optarg;
+            break;
+        case 'r':
+            role = optarg;
+            break;
+        case 'e':
+            email = optarg;
+            break;
+        case 'n':
+            name = optarg;
+            break;
         case 't':
             if (util_parse_ll(optarg, -86400 * 365LL, 86400 * 365LL, &ttl) != 0) {
                 fprintf(stderr, "reeld token: bad --ttl\n");
                 return 2;
             }
             break;
-        default: return 2;
+        default:
+            return 2;
         }
     }
     if (!sub || !*sub) {
@@ -187,10 +195,8 @@ static int cmd_token(int argc, char **argv)
         json_object_object_add(cl, "org_id", json_object_new_string(org));
         json_object_object_add(cl, "org_role", json_object_new_string(r));
     }
-    if (email)
-        json_object_object_add(cl, "email", json_object_new_string(email));
-    if (name)
-        json_object_object_add(cl, "name", json_object_new_string(name));
+    if (email) json_object_object_add(cl, "email", json_object_new_string(email));
+    if (name) json_object_object_add(cl, "name", json_object_new_string(name));
     char *tok = jwt_sign(s, json_object_to_json_string_ext(cl, JSON_C_TO_STRING_PLAIN));
     json_object_put(cl);
     jwt_signer_free(s);
@@ -215,8 +221,7 @@ static int cmd_routes(void)
 {
     struct http_server_opts o = {.host = "127.0.0.1"};
     struct http_server *s = http_server_new(NULL, &o);
-    if (!s)
-        return 1;
+    if (!s) return 1;
     api_register(s);
     http_routes_each(s, print_route, NULL);
     http_server_free(s);
@@ -341,14 +346,12 @@ static int cmd_serve(void)
                                   .observe = observe};
     app.http = http_server_new(app.base, &ho);
     api_register(app.http);
-    if (http_server_listen(app.http) != 0)
-        return 1;
+    if (http_server_listen(app.http) != 0) return 1;
     metrics_gauge("reeld_http_connections_open", "Open client connections.", g_conns);
     metrics_gauge("reeld_http_streams_open", "Open SSE streams.", g_streams);
     metrics_gauge("reeld_db_connections_ready", "Pool connections ready.", g_db_ready);
     metrics_gauge("reeld_db_queries_queued", "Queries waiting for a connection.", g_db_queued);
-    metrics_gauge("reeld_db_queries_in_flight", "Queries sent, not yet answered.",
-                  g_db_inflight);
+    metrics_gauge("reeld_db_queries_in_flight", "Queries sent, not yet answered.", g_db_inflight);
 
     struct event *sigterm = evsignal_new(app.base, SIGTERM, on_signal, NULL);
     struct event *sigint = evsignal_new(app.base, SIGINT, on_signal, NULL);
@@ -394,8 +397,7 @@ int main(int argc, char **argv)
         printf("reeld %s\n", REELD_VERSION);
         return 0;
     }
-    if (strcmp(cmd, "routes") == 0)
-        return cmd_routes();
+    if (strcmp(cmd, "routes") == 0) return cmd_routes();
     if (strcmp(cmd, "config-table") == 0) {
         config_markdown(stdout);
         return 0;
@@ -405,11 +407,8 @@ int main(int argc, char **argv)
         usage(stderr);
         return 2;
     }
-    if (setup_common() != 0)
-        return 1;
-    if (strcmp(cmd, "migrate") == 0)
-        return cmd_migrate();
-    if (strcmp(cmd, "token") == 0)
-        return cmd_token(argc - 1, argv + 1);
+    if (setup_common() != 0) return 1;
+    if (strcmp(cmd, "migrate") == 0) return cmd_migrate();
+    if (strcmp(cmd, "token") == 0) return cmd_token(argc - 1, argv + 1);
     return cmd_serve();
 }

@@ -2,7 +2,7 @@
  *
  * auth_request verifies the bearer JWT (RS256/ES256 through jwt.h, keys
  * from the dev key under the data dir, a JWKS file, or a JWKS URL fetched
- * and cached, refetched once on an unknown kid at most every 30 s),
+ * and cached, refetched on an unknown kid at most once every 10 s),
  * mirrors the user and any verified organization claims into the
  * database on first sight, and resolves the organization context: token
  * claims (Clerk v1 org_id/org_role or v2 o.id/o.rol), else the X-Org-Id

@@ -14,7 +14,7 @@ struct config {
     char *data_dir;
     char *database_url; /* NULL: the private cluster under data_dir */
     int db_pool;
-    char *auth;         /* "dev" or "jwks" */
+    char *auth; /* "dev" or "jwks" */
     char *jwks_url, *jwks_file;
     char *jwt_issuer, *jwt_audience, *jwt_azp;
     char *transcriber, *llm, *embedder;

@@ -53,18 +53,18 @@ struct http_header {
 
 struct http_req {
     /* Request, read-only for handlers */
-    const char *method;     /* "GET", ... */
-    char *target;           /* raw request target */
-    char *path;             /* target up to '?', not decoded */
-    char *query;            /* after '?', or NULL */
-    const char *route;      /* the matched pattern, for logs and metrics */
+    const char *method; /* "GET", ... */
+    char *target;       /* raw request target */
+    char *path;         /* target up to '?', not decoded */
+    char *query;        /* after '?', or NULL */
+    const char *route;  /* the matched pattern, for logs and metrics */
     struct http_header *headers;
     int nheaders;
     const char *params[HTTP_MAX_PARAMS]; /* path parameters, percent-decoded */
     int nparams;
     char request_id[65];
     int64_t start_ms;
-    int64_t content_length; /* -1 when absent (chunked or none) */
+    int64_t content_length;   /* -1 when absent (chunked or none) */
     struct json_object *json; /* HTTP_BODY_JSON: the parsed body (owned by req) */
 
     /* Handler state */
@@ -147,7 +147,7 @@ void http_set_header(struct http_req *r, const char *name, const char *value);
 void http_reply(struct http_req *r, int status, const char *content_type, const void *body,
                 size_t len);
 void http_reply_buf(struct http_req *r, int status, const char *content_type,
-                    struct evbuffer *body); /* drains body */
+                    struct evbuffer *body);                                    /* drains body */
 void http_reply_json(struct http_req *r, int status, struct json_object *obj); /* takes obj */
 void http_reply_error(struct http_req *r, int status, const char *code, const char *message);
 void http_reply_empty(struct http_req *r, int status);

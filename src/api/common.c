@@ -26,8 +26,7 @@ static int get_str(struct http_req *r, const char *field, size_t minlen, size_t 
     struct json_object *v = NULL;
     char msg[160];
     if (!r->json || !json_object_object_get_ex(r->json, field, &v) || !v) {
-        if (!required)
-            return 0;
+        if (!required) return 0;
         snprintf(msg, sizeof msg, "%s is required", field);
         http_reply_error(r, 422, "invalid_request", msg);
         return -1;

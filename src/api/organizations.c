@@ -20,10 +20,10 @@ static struct db_stmt q_create = {
     " m AS (INSERT INTO memberships (org_id, user_id, role) SELECT id, $3, 'admin' FROM o)"
     " SELECT " ORG_COLS " FROM o"};
 
-static struct db_stmt q_list = {
-    "org_list", "SELECT " ORG_COLS ", m.role FROM memberships m"
-                " JOIN organizations o ON o.id = m.org_id AND o.deleted_at IS NULL"
-                " WHERE m.user_id = $1 ORDER BY o.created_at, o.id"};
+static struct db_stmt q_list = {"org_list",
+                                "SELECT " ORG_COLS ", m.role FROM memberships m"
+                                " JOIN organizations o ON o.id = m.org_id AND o.deleted_at IS NULL"
+                                " WHERE m.user_id = $1 ORDER BY o.created_at, o.id"};
 
 static struct db_stmt q_get = {
     "org_get", "SELECT " ORG_COLS " FROM organizations o WHERE o.id = $1 AND o.deleted_at IS NULL"};
@@ -43,8 +43,7 @@ static struct json_object *org_json(const struct db_res *res, int row, const cha
     api_json_add_str(o, "plan", db_str(res, row, 3));
     api_json_add_str(o, "billing_status", db_str(res, row, 4));
     api_json_add_str(o, "created_at", db_str(res, row, 5));
-    if (role)
-        api_json_add_str(o, "role", role);
+    if (role) api_json_add_str(o, "role", role);
     return o;
 }
 
@@ -65,16 +64,14 @@ static void slugify(const char *name, char *out, size_t n)
     for (const char *p = name; *p && o + 1 < n && o < 40; p++) {
         unsigned char c = (unsigned char)*p;
         if (isalnum(c) && c < 0x80) {
-            if (dash && o > 0)
-                out[o++] = '-';
+            if (dash && o > 0) out[o++] = '-';
             dash = 0;
             out[o++] = (char)tolower(c);
         } else {
             dash = 1;
         }
     }
-    if (o == 0)
-        o = (size_t)snprintf(out, n, "org");
+    if (o == 0) o = (size_t)snprintf(out, n, "org");
     out[o] = '\0';
 }
 
@@ -116,8 +113,7 @@ static void create_send(struct create_state *st)
 static void create_authed(struct http_req *r, const struct auth_ctx *ctx)
 {
     const char *name;
-    if (api_need_object(r) || api_req_str(r, "name", 1, 200, &name))
-        return;
+    if (api_need_object(r) || api_req_str(r, "name", 1, 200, &name)) return;
     struct create_state *st = http_req_alloc(r, sizeof *st);
     if (!st) {
         http_reply_error(r, 500, "internal", "out of memory");

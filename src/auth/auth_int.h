@@ -15,7 +15,7 @@ struct auth {
     struct db_pool *db;
     struct jwt_keyset *keys; /* NULL until the first JWKS load */
     struct fetch_req *inflight;
-    int64_t last_fetch_ms;   /* monotonic; 0 = never */
+    int64_t last_kid_refresh_ms; /* last refetch for an unknown kid; 0 = never */
     int64_t loaded_ms;
     struct auth_waiter *waiters; /* requests waiting for a JWKS fetch */
     struct jwt_opts opts;

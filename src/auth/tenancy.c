@@ -59,8 +59,7 @@ static const char *cache_get(const char *key)
 {
     int64_t now = util_mono_ms();
     for (struct centry *e = cache[hash(key)]; e; e = e->next)
-        if (strcmp(e->key, key) == 0)
-            return e->expires > now ? e->val : NULL;
+        if (strcmp(e->key, key) == 0) return e->expires > now ? e->val : NULL;
     return NULL;
 }
 
@@ -69,11 +68,9 @@ static void cache_put(const char *key, const char *val)
     unsigned h = hash(key);
     struct centry *e;
     for (e = cache[h]; e; e = e->next)
-        if (strcmp(e->key, key) == 0)
-            break;
+        if (strcmp(e->key, key) == 0) break;
     if (!e) {
-        if (cache_n >= CACHE_MAX)
-            auth_cache_clear(); /* crude but bounded */
+        if (cache_n >= CACHE_MAX) auth_cache_clear(); /* crude but bounded */
         e = calloc(1, sizeof *e);
         if (!e || !(e->key = strdup(key))) {
             free(e);
@@ -89,13 +86,12 @@ static void cache_put(const char *key, const char *val)
 
 /* ---- statements ------------------------------------------------------- */
 
-static struct db_stmt q_user = {
-    "auth_user_upsert",
-    "INSERT INTO users (external_id, email, name) VALUES ($1, $2, $3) "
-    "ON CONFLICT (external_id) DO UPDATE SET "
-    "email = COALESCE(EXCLUDED.email, users.email), "
-    "name = COALESCE(EXCLUDED.name, users.name), updated_at = now() "
-    "RETURNING id, deleted_at IS NOT NULL"};
+static struct db_stmt q_user = {"auth_user_upsert",
+                                "INSERT INTO users (external_id, email, name) VALUES ($1, $2, $3) "
+                                "ON CONFLICT (external_id) DO UPDATE SET "
+                                "email = COALESCE(EXCLUDED.email, users.email), "
+                                "name = COALESCE(EXCLUDED.name, users.name), updated_at = now() "
+                                "RETURNING id, deleted_at IS NOT NULL"};
 
 /* A verified organization claim: find the organization by Clerk id (or by
  * our own id, for dev tokens naming an organization created through the
@@ -118,11 +114,10 @@ static struct db_stmt q_org_mirror = {
     " SELECT id FROM org"};
 
 static struct db_stmt q_membership = {
-    "auth_membership",
-    "SELECT m.org_id, m.role FROM memberships m "
-    "JOIN organizations o ON o.id = m.org_id AND o.deleted_at IS NULL "
-    "WHERE m.user_id = $1 AND ($2::uuid IS NULL OR m.org_id = $2::uuid) "
-    "ORDER BY m.created_at LIMIT 2"};
+    "auth_membership", "SELECT m.org_id, m.role FROM memberships m "
+                       "JOIN organizations o ON o.id = m.org_id AND o.deleted_at IS NULL "
+                       "WHERE m.user_id = $1 AND ($2::uuid IS NULL OR m.org_id = $2::uuid) "
+                       "ORDER BY m.created_at LIMIT 2"};
 
 /* ---- the request's journey -------------------------------------------- */
 
@@ -147,8 +142,7 @@ static void pending_release(struct pending *p)
 static void fail(struct pending *p, int status, const char *code, const char *msg)
 {
     pending_release(p);
-    if (status == 401)
-        http_set_header(p->r, "WWW-Authenticate", "Bearer");
+    if (status == 401) http_set_header(p->r, "WWW-Authenticate", "Bearer");
     http_reply_error(p->r, status, code, msg);
 }
 
@@ -225,8 +219,7 @@ static void resolve_membership(struct pending *p)
 
 static int claim_is_admin(const char *role)
 {
-    if (!role)
-        return 0;
+    if (!role) return 0;
     return strcmp(role, "admin") == 0 || strcmp(role, "org:admin") == 0;
 }
 
@@ -242,8 +235,7 @@ static void org_mirror_done(void *arg, const struct db_res *res, const char *err
     (void)sqlstate;
     struct pending *p = arg;
     if (err || db_nrows(res) != 1) {
-        if (err)
-            log_msg(LOG_WARN, "organization mirror failed", "error", err);
+        if (err) log_msg(LOG_WARN, "organization mirror failed", "error", err);
         fail(p, 503, "unavailable", "database unavailable");
         return;
     }

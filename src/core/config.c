@@ -58,8 +58,8 @@ static const struct cvar vars[] = {
      "embedding model"},
     {"REELD_EMBED_DIM", C_INT, "1536", F(embed_dim), 8, 8192, NULL, "embedding dimensions"},
     {"ASSEMBLYAI_API_KEY", C_SECRET, NULL, F(assemblyai_api_key), 0, 0, NULL, "AssemblyAI key"},
-    {"ASSEMBLYAI_BASE_URL", C_URL, "https://api.assemblyai.com", F(assemblyai_base_url), 0, 0,
-     NULL, "AssemblyAI base URL"},
+    {"ASSEMBLYAI_BASE_URL", C_URL, "https://api.assemblyai.com", F(assemblyai_base_url), 0, 0, NULL,
+     "AssemblyAI base URL"},
     {"DEEPGRAM_API_KEY", C_SECRET, NULL, F(deepgram_api_key), 0, 0, NULL, "Deepgram key"},
     {"DEEPGRAM_BASE_URL", C_URL, "https://api.deepgram.com", F(deepgram_base_url), 0, 0, NULL,
      "Deepgram base URL"},
@@ -177,8 +177,7 @@ static int parse_one(const struct cvar *v, const char *val, char *err, size_t er
         num[slash - val] = '\0';
         strcpy(win, slash + 1);
         size_t wl = strlen(win);
-        if (wl && win[wl - 1] == 's')
-            win[wl - 1] = '\0';
+        if (wl && win[wl - 1] == 's') win[wl - 1] = '\0';
         long long c, w;
         if (util_parse_ll(num, 1, 100000, &c) != 0 || util_parse_ll(win, 1, 86400, &w) != 0)
             return set_err(err, errlen, v, val, "expected COUNT/SECONDSs, e.g. 5/10s");
@@ -195,14 +194,10 @@ int config_load(char *err, size_t errlen)
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const struct cvar *v = &vars[i];
         const char *val = getenv(v->name);
-        if (val && !*val)
-            val = NULL;
-        if (!val)
-            val = v->def;
-        if (!val && v->type != C_STR && v->type != C_SECRET && v->type != C_URL)
-            continue;
-        if (parse_one(v, val, err, errlen) != 0)
-            return -1;
+        if (val && !*val) val = NULL;
+        if (!val) val = v->def;
+        if (!val && v->type != C_STR && v->type != C_SECRET && v->type != C_URL) continue;
+        if (parse_one(v, val, err, errlen) != 0) return -1;
     }
     if (log_set_level_name(cfg.log_level) != 0) {
         snprintf(err, errlen, "invalid REELD_LOG=\"%s\"", cfg.log_level);

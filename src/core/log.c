@@ -43,8 +43,7 @@ int log_enabled(enum log_level lvl)
 static void put(struct log_line *l, const char *s, size_t n)
 {
     /* keep room for the closing "}\n" */
-    if (l->len + n > LOG_LINE_MAX - 3)
-        n = LOG_LINE_MAX - 3 - l->len;
+    if (l->len + n > LOG_LINE_MAX - 3) n = LOG_LINE_MAX - 3 - l->len;
     memcpy(l->buf + l->len, s, n);
     l->len += n;
 }
@@ -83,8 +82,7 @@ static void put_key(struct log_line *l, const char *key)
 
 struct log_line *log_begin(enum log_level lvl, const char *msg)
 {
-    if (lvl < min_level)
-        return NULL;
+    if (lvl < min_level) return NULL;
     struct log_line *l = &the_line;
     struct timespec ts;
     struct tm tm;
@@ -93,8 +91,8 @@ struct log_line *log_begin(enum log_level lvl, const char *msg)
     l->len = 0;
     char head[64];
     int n = snprintf(head, sizeof head, "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\"",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                     tm.tm_sec, ts.tv_nsec / 1000000);
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     ts.tv_nsec / 1000000);
     put(l, head, (size_t)n);
     log_str(l, "level", names[lvl]);
     log_str(l, "msg", msg);
@@ -103,8 +101,7 @@ struct log_line *log_begin(enum log_level lvl, const char *msg)
 
 void log_strn(struct log_line *l, const char *key, const char *val, size_t n)
 {
-    if (!l)
-        return;
+    if (!l) return;
     put_key(l, key);
     if (!val)
         put(l, "null", 4);
@@ -119,8 +116,7 @@ void log_str(struct log_line *l, const char *key, const char *val)
 
 void log_int(struct log_line *l, const char *key, long long val)
 {
-    if (!l)
-        return;
+    if (!l) return;
     char b[32];
     int n = snprintf(b, sizeof b, "%lld", val);
     put_key(l, key);
@@ -129,8 +125,7 @@ void log_int(struct log_line *l, const char *key, long long val)
 
 void log_dbl(struct log_line *l, const char *key, double val)
 {
-    if (!l)
-        return;
+    if (!l) return;
     char b[48];
     int n = snprintf(b, sizeof b, "%.3f", val);
     put_key(l, key);
@@ -139,15 +134,13 @@ void log_dbl(struct log_line *l, const char *key, double val)
 
 void log_end(struct log_line *l)
 {
-    if (!l)
-        return;
+    if (!l) return;
     l->buf[l->len++] = '}';
     l->buf[l->len++] = '\n';
     size_t off = 0;
     while (off < l->len) {
         ssize_t w = write(STDERR_FILENO, l->buf + off, l->len - off);
-        if (w <= 0)
-            break;
+        if (w <= 0) break;
         off += (size_t)w;
     }
     l->len = 0;
@@ -156,7 +149,6 @@ void log_end(struct log_line *l)
 void log_msg(enum log_level lvl, const char *msg, const char *key, const char *val)
 {
     struct log_line *l = log_begin(lvl, msg);
-    if (key)
-        log_str(l, key, val);
+    if (key) log_str(l, key, val);
     log_end(l);
 }

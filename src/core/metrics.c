@@ -58,20 +58,16 @@ void metrics_http(const char *route, const char *method, int status, int64_t ms)
         http_tab[i].status = status;
         nhttp++;
     }
-    if (i < nhttp)
-        http_tab[i].n++;
+    if (i < nhttp) http_tab[i].n++;
     for (i = 0; i < nhist; i++)
-        if (hist_tab[i].route == route)
-            break;
+        if (hist_tab[i].route == route) break;
     if (i == nhist) {
-        if (nhist == MAX_HIST)
-            return;
+        if (nhist == MAX_HIST) return;
         hist_tab[nhist++].route = route;
     }
     struct hist *h = &hist_tab[i];
     for (size_t b = 0; b < NBUCKETS; b++)
-        if ((double)ms <= buckets_ms[b])
-            h->b[b]++;
+        if ((double)ms <= buckets_ms[b]) h->b[b]++;
     h->count++;
     h->sum_ms += (double)ms;
 }
@@ -81,11 +77,9 @@ void metrics_count(const char *name, const char *help, const char *label, const 
 {
     int i;
     for (i = 0; i < nctr; i++)
-        if (ctr_tab[i].name == name && strcmp(ctr_tab[i].value, value ? value : "") == 0)
-            break;
+        if (ctr_tab[i].name == name && strcmp(ctr_tab[i].value, value ? value : "") == 0) break;
     if (i == nctr) {
-        if (nctr == MAX_COUNTERS)
-            return;
+        if (nctr == MAX_COUNTERS) return;
         ctr_tab[i].name = name;
         ctr_tab[i].help = help;
         ctr_tab[i].label = label;
@@ -98,10 +92,8 @@ void metrics_count(const char *name, const char *help, const char *label, const 
 void metrics_gauge(const char *name, const char *help, double (*fn)(void))
 {
     for (int i = 0; i < ngauge; i++)
-        if (gauge_tab[i].name == name)
-            return;
-    if (ngauge < MAX_GAUGES)
-        gauge_tab[ngauge++] = (struct gauge){name, help, fn};
+        if (gauge_tab[i].name == name) return;
+    if (ngauge < MAX_GAUGES) gauge_tab[ngauge++] = (struct gauge){name, help, fn};
 }
 
 void metrics_render(struct evbuffer *out)

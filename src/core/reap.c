@@ -39,8 +39,7 @@ static void reap_cb(evutil_socket_t fd, short what, void *arg)
 
 int reap_init(struct event_base *base)
 {
-    if (reap_ev)
-        event_free(reap_ev);
+    if (reap_ev) event_free(reap_ev);
     reap_ev = event_new(base, -1, 0, reap_cb, NULL);
     return reap_ev ? 0 : -1;
 }
@@ -48,13 +47,11 @@ int reap_init(struct event_base *base)
 void reap_later(reap_fn fn, void *obj)
 {
     struct reap_node *n = malloc(sizeof *n);
-    if (!n)
-        abort(); /* out of memory while freeing: nothing sane remains */
+    if (!n) abort(); /* out of memory while freeing: nothing sane remains */
     n->fn = fn;
     n->obj = obj;
     n->next = NULL;
     *tail = n;
     tail = &n->next;
-    if (reap_ev && !event_pending(reap_ev, EV_TIMEOUT, NULL))
-        event_active(reap_ev, 0, 0);
+    if (reap_ev && !event_pending(reap_ev, EV_TIMEOUT, NULL)) event_active(reap_ev, 0, 0);
 }

@@ -30,8 +30,7 @@ int util_random(void *buf, size_t n)
     while (n > 0) {
         ssize_t r = getrandom(p, n, 0);
         if (r < 0) {
-            if (errno == EINTR)
-                continue;
+            if (errno == EINTR) continue;
             return -1;
         }
         p += r;
@@ -43,15 +42,13 @@ int util_random(void *buf, size_t n)
 void util_uuid_v4(char out[37])
 {
     unsigned char b[16];
-    if (util_random(b, sizeof b) != 0)
-        abort(); /* no entropy: nothing safe to hand out */
+    if (util_random(b, sizeof b) != 0) abort(); /* no entropy: nothing safe to hand out */
     b[6] = (unsigned char)((b[6] & 0x0f) | 0x40);
     b[8] = (unsigned char)((b[8] & 0x3f) | 0x80);
     static const char hx[] = "0123456789abcdef";
     int o = 0;
     for (int i = 0; i < 16; i++) {
-        if (i == 4 || i == 6 || i == 8 || i == 10)
-            out[o++] = '-';
+        if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
         out[o++] = hx[b[i] >> 4];
         out[o++] = hx[b[i] & 15];
     }
@@ -60,13 +57,11 @@ void util_uuid_v4(char out[37])
 
 int util_is_uuid(const char *s)
 {
-    if (!s)
-        return 0;
+    if (!s) return 0;
     for (int i = 0; i < 36; i++) {
         char c = s[i];
         if (i == 8 || i == 13 || i == 18 || i == 23) {
-            if (c != '-')
-                return 0;
+            if (c != '-') return 0;
         } else if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'))) {
             return 0;
         }
@@ -102,30 +97,23 @@ size_t util_b64url_encode(const unsigned char *in, size_t n, char *out)
 
 static int b64u_val(unsigned char c)
 {
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
+    if (c >= 'A' && c <= 'Z') return c - 'A';
+    if (c >= 'a' && c <= 'z') return c - 'a' + 26;
+    if (c >= '0' && c <= '9') return c - '0' + 52;
+    if (c == '-') return 62;
+    if (c == '_') return 63;
     return -1;
 }
 
 long util_b64url_decode(const char *in, size_t n, unsigned char *out)
 {
-    if (n % 4 == 1)
-        return -1;
+    if (n % 4 == 1) return -1;
     size_t o = 0;
     unsigned acc = 0;
     int bits = 0;
     for (size_t i = 0; i < n; i++) {
         int v = b64u_val((unsigned char)in[i]);
-        if (v < 0)
-            return -1;
+        if (v < 0) return -1;
         acc = (acc << 6) | (unsigned)v;
         bits += 6;
         if (bits >= 8) {
@@ -135,18 +123,15 @@ long util_b64url_decode(const char *in, size_t n, unsigned char *out)
         }
     }
     /* Non-canonical encodings leave nonzero trailing bits: reject them. */
-    if (acc != 0)
-        return -1;
+    if (acc != 0) return -1;
     return (long)o;
 }
 
 void util_random_token(char *out, size_t nbytes)
 {
     unsigned char buf[64];
-    if (nbytes > sizeof buf)
-        nbytes = sizeof buf;
-    if (util_random(buf, nbytes) != 0)
-        abort();
+    if (nbytes > sizeof buf) nbytes = sizeof buf;
+    if (util_random(buf, nbytes) != 0) abort();
     util_b64url_encode(buf, nbytes, out);
 }
 
@@ -170,11 +155,21 @@ void util_json_strn(struct evbuffer *buf, const char *s, size_t n)
         const char *esc = NULL;
         char u[7];
         switch (c) {
-        case '"': esc = "\\\""; break;
-        case '\\': esc = "\\\\"; break;
-        case '\n': esc = "\\n"; break;
-        case '\r': esc = "\\r"; break;
-        case '\t': esc = "\\t"; break;
+        case '"':
+            esc = "\\\"";
+            break;
+        case '\\':
+            esc = "\\\\";
+            break;
+        case '\n':
+            esc = "\\n";
+            break;
+        case '\r':
+            esc = "\\r";
+            break;
+        case '\t':
+            esc = "\\t";
+            break;
         default:
             if (c < 0x20) {
                 memcpy(u, "\\u00", 4);
@@ -185,14 +180,12 @@ void util_json_strn(struct evbuffer *buf, const char *s, size_t n)
             }
         }
         if (esc) {
-            if (i > run)
-                evbuffer_add(buf, s + run, i - run);
+            if (i > run) evbuffer_add(buf, s + run, i - run);
             evbuffer_add(buf, esc, strlen(esc));
             run = i + 1;
         }
     }
-    if (n > run)
-        evbuffer_add(buf, s + run, n - run);
+    if (n > run) evbuffer_add(buf, s + run, n - run);
     evbuffer_add(buf, "\"", 1);
 }
 
@@ -229,11 +222,9 @@ int util_utf8_valid(const char *str, size_t n)
         } else {
             return 0;
         }
-        if (i + len > n)
-            return 0;
+        if (i + len > n) return 0;
         for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xc0) != 0x80)
-                return 0;
+            if ((s[i + k] & 0xc0) != 0x80) return 0;
             cp = (cp << 6) | (s[i + k] & 0x3f);
         }
         if ((len == 3 && cp < 0x800) || (len == 4 && (cp < 0x10000 || cp > 0x10ffff)) ||
@@ -255,13 +246,11 @@ int util_ct_memcmp(const void *a, const void *b, size_t n)
 
 int util_parse_ll(const char *s, long long min, long long max, long long *out)
 {
-    if (!s || !*s)
-        return -1;
+    if (!s || !*s) return -1;
     char *end;
     errno = 0;
     long long v = strtoll(s, &end, 10);
-    if (errno || *end || v < min || v > max)
-        return -1;
+    if (errno || *end || v < min || v > max) return -1;
     *out = v;
     return 0;
 }

@@ -51,8 +51,7 @@ static struct http_req *req_new(struct http_conn *c)
 void *http_req_alloc(struct http_req *r, size_t n)
 {
     struct arena_blk *b = malloc(sizeof *b + n + 1);
-    if (!b)
-        return NULL;
+    if (!b) return NULL;
     b->next = r->priv->arena;
     r->priv->arena = b;
     memset(b + 1, 0, n + 1);
@@ -63,8 +62,7 @@ char *http_req_strdup(struct http_req *r, const char *s)
 {
     size_t n = strlen(s);
     char *d = http_req_alloc(r, n);
-    if (d)
-        memcpy(d, s, n);
+    if (d) memcpy(d, s, n);
     return d;
 }
 
@@ -77,12 +75,9 @@ static void req_free_now(void *obj)
         p->arena = b->next;
         free(b);
     }
-    if (p->body)
-        evbuffer_free(p->body);
-    if (p->out_hdrs)
-        evbuffer_free(p->out_hdrs);
-    if (r->json)
-        json_object_put(r->json);
+    if (p->body) evbuffer_free(p->body);
+    if (p->out_hdrs) evbuffer_free(p->out_hdrs);
+    if (r->json) json_object_put(r->json);
     free(p);
     free(r);
 }
@@ -95,8 +90,7 @@ void http_req_free(struct http_req *r)
 const char *http_header(const struct http_req *r, const char *name)
 {
     for (int i = 0; i < r->nheaders; i++)
-        if (strcasecmp(r->headers[i].name, name) == 0)
-            return r->headers[i].value;
+        if (strcasecmp(r->headers[i].name, name) == 0) return r->headers[i].value;
     return NULL;
 }
 
@@ -112,12 +106,9 @@ int http_req_alive(const struct http_req *r)
 
 static int hexv(int c)
 {
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
     return -1;
 }
 
@@ -126,18 +117,15 @@ static int hexv(int c)
 char *http_decode(struct http_req *r, const char *s, size_t n, int form)
 {
     char *d = http_req_alloc(r, n);
-    if (!d)
-        return NULL;
+    if (!d) return NULL;
     size_t o = 0;
     for (size_t i = 0; i < n; i++) {
         if (s[i] == '%') {
             int hi = i + 2 < n ? hexv((unsigned char)s[i + 1]) : -1;
             int lo = i + 2 < n ? hexv((unsigned char)s[i + 2]) : -1;
-            if (hi < 0 || lo < 0)
-                return NULL;
+            if (hi < 0 || lo < 0) return NULL;
             d[o] = (char)(hi << 4 | lo);
-            if (d[o] == '\0')
-                return NULL;
+            if (d[o] == '\0') return NULL;
             o++;
             i += 2;
         } else if (form && s[i] == '+') {
@@ -160,8 +148,7 @@ const char *http_query(struct http_req *r, const char *name)
         const char *eq = memchr(q, '=', len);
         size_t kl = eq ? (size_t)(eq - q) : len;
         if (kl == nl && strncmp(q, name, nl) == 0) {
-            if (!eq)
-                return "";
+            if (!eq) return "";
             return http_decode(r, eq + 1, len - kl - 1, 1);
         }
         q = amp ? amp + 1 : NULL;
@@ -201,8 +188,7 @@ static int on_message_begin(llhttp_t *p)
 {
     struct http_conn *c = PC(p);
     c->req = req_new(c);
-    if (!c->req)
-        return HPE_USER;
+    if (!c->req) return HPE_USER;
     c->header_bytes = 0;
     c->last_was_value = 0;
     evbuffer_drain(c->acc, evbuffer_get_length(c->acc));
@@ -222,16 +208,14 @@ static char *acc_take(struct http_conn *c)
 {
     size_t n = evbuffer_get_length(c->acc);
     char *s = http_req_alloc(c->req, n);
-    if (s)
-        evbuffer_remove(c->acc, s, n);
+    if (s) evbuffer_remove(c->acc, s, n);
     return s;
 }
 
 static int on_url(llhttp_t *p, const char *at, size_t len)
 {
     struct http_conn *c = PC(p);
-    if (count_header(c, len))
-        return HPE_USER;
+    if (count_header(c, len)) return HPE_USER;
     evbuffer_add(c->acc, at, len);
     return 0;
 }
@@ -241,8 +225,7 @@ static int on_url_complete(llhttp_t *p)
     struct http_conn *c = PC(p);
     struct http_req *r = c->req;
     r->target = acc_take(c);
-    if (!r->target)
-        return HPE_USER;
+    if (!r->target) return HPE_USER;
     return 0;
 }
 
@@ -250,14 +233,11 @@ static int push_header(struct http_conn *c)
 {
     struct http_req *r = c->req;
     char *value = acc_take(c);
-    if (!value || !c->cur_field)
-        return -1;
+    if (!value || !c->cur_field) return -1;
     if (r->nheaders % 16 == 0) {
         struct http_header *h = http_req_alloc(r, sizeof *h * (size_t)(r->nheaders + 16));
-        if (!h)
-            return -1;
-        if (r->nheaders)
-            memcpy(h, r->headers, sizeof *h * (size_t)r->nheaders);
+        if (!h) return -1;
+        if (r->nheaders) memcpy(h, r->headers, sizeof *h * (size_t)r->nheaders);
         r->headers = h;
     }
     r->headers[r->nheaders].name = c->cur_field;
@@ -270,8 +250,7 @@ static int push_header(struct http_conn *c)
 static int on_header_field(llhttp_t *p, const char *at, size_t len)
 {
     struct http_conn *c = PC(p);
-    if (count_header(c, len))
-        return HPE_USER;
+    if (count_header(c, len)) return HPE_USER;
     evbuffer_add(c->acc, at, len);
     return 0;
 }
@@ -286,8 +265,7 @@ static int on_header_field_complete(llhttp_t *p)
 static int on_header_value(llhttp_t *p, const char *at, size_t len)
 {
     struct http_conn *c = PC(p);
-    if (count_header(c, len + 4))
-        return HPE_USER;
+    if (count_header(c, len + 4)) return HPE_USER;
     evbuffer_add(c->acc, at, len);
     return 0;
 }
@@ -327,17 +305,14 @@ static int on_headers_complete(llhttp_t *p)
     r->method = llhttp_method_name((llhttp_method_t)p->method);
     rp->head = p->method == HTTP_HEAD;
     rp->keep_alive = llhttp_should_keep_alive(p) && !c->srv->shutting_down;
-    if (!rp->keep_alive)
-        c->closing = 1;
-    if (p->flags & F_CONTENT_LENGTH)
-        r->content_length = (int64_t)p->content_length;
+    if (!rp->keep_alive) c->closing = 1;
+    if (p->flags & F_CONTENT_LENGTH) r->content_length = (int64_t)p->content_length;
     set_request_id(r);
     if (!r->target || r->target[0] != '/')
         return local_error(c, 400, "invalid_request", "bad request target");
     char *q = strchr(r->target, '?');
     r->path = q ? http_req_alloc(r, (size_t)(q - r->target)) : r->target;
-    if (!r->path)
-        return HPE_USER;
+    if (!r->path) return HPE_USER;
     if (q) {
         memcpy(r->path, r->target, (size_t)(q - r->target));
         r->query = q + 1;
@@ -375,8 +350,7 @@ static int on_headers_complete(llhttp_t *p)
                                    "expected Content-Type: application/json");
         }
         rp->body = evbuffer_new();
-        if (rp->expect_continue && body_expected(p))
-            http_send_continue(r);
+        if (rp->expect_continue && body_expected(p)) http_send_continue(r);
         conn_arm(c, body_expected(p) ? T_BODY : T_NONE);
         return 0;
     }
@@ -386,17 +360,14 @@ static int on_headers_complete(llhttp_t *p)
     conn_arm(c, body_expected(p) ? T_BODY : T_NONE);
     rp->handler_called = 1;
     rp->rt->h(r);
-    if (c->closed || c->dead)
-        return HPE_USER;
+    if (c->closed || c->dead) return HPE_USER;
     if (rp->finished && !rp->message_done && body_expected(p)) {
         /* answered before reading the body: the rest is not ours to parse */
         c->closing = 1;
         return HPE_USER;
     }
-    if (rp->body_paused)
-        return HPE_PAUSED;
-    if (rp->expect_continue && body_expected(p) && !rp->response_started)
-        http_send_continue(r);
+    if (rp->body_paused) return HPE_PAUSED;
+    if (rp->expect_continue && body_expected(p) && !rp->response_started) http_send_continue(r);
     return 0;
 }
 
@@ -410,29 +381,24 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
     const struct http_route_opts *o = &rp->rt->o;
     if (o->body != HTTP_BODY_STREAM) {
         int64_t max = o->max_body > 0 ? o->max_body : c->srv->o.max_json_bytes;
-        if (o->body == HTTP_BODY_NONE)
-            max = 65536;
+        if (o->body == HTTP_BODY_NONE) max = 65536;
         if (rp->body_bytes > max)
             return local_error(c, 413, "payload_too_large", "request body too large");
         evbuffer_add(rp->body, at, len);
         return 0;
     }
     if (o->max_body > 0 && rp->body_bytes > o->max_body) {
-        if (r->on_body_end)
-            r->on_body_end(r, "request body too large");
-        if (!rp->finished)
-            http_reply_error(r, 413, "payload_too_large", "request body too large");
+        if (r->on_body_end) r->on_body_end(r, "request body too large");
+        if (!rp->finished) http_reply_error(r, 413, "payload_too_large", "request body too large");
         c->closing = 1;
         return HPE_USER;
     }
-    if (rp->finished)
-        return 0; /* handler answered already; discard */
+    if (rp->finished) return 0; /* handler answered already; discard */
     if (r->on_body && r->on_body(r, at, len) != 0) {
         c->closing = 1;
         return HPE_USER;
     }
-    if (c->closed || c->dead)
-        return HPE_USER;
+    if (c->closed || c->dead) return HPE_USER;
     return rp->body_paused ? HPE_PAUSED : 0;
 }
 
@@ -452,12 +418,11 @@ static void run_json_handler(struct http_conn *c, struct http_req *r)
         enum json_tokener_error jerr = json_tokener_get_error(tok);
         size_t used = json_tokener_get_parse_end(tok);
         json_tokener_free(tok);
-        while (j && used < n && (s[used] == ' ' || s[used] == '\n' || s[used] == '\r' ||
-                                 s[used] == '\t'))
+        while (j && used < n &&
+               (s[used] == ' ' || s[used] == '\n' || s[used] == '\r' || s[used] == '\t'))
             used++;
         if (!j || jerr != json_tokener_success || used != n) {
-            if (j)
-                json_object_put(j);
+            if (j) json_object_put(j);
             rp->handler_called = 1;
             rp->error_sent = 1;
             http_reply_error(r, 400, "invalid_request", "malformed JSON body");
@@ -481,8 +446,7 @@ static int on_message_complete(llhttp_t *p)
     } else if (rp->rt && rp->rt->o.body == HTTP_BODY_STREAM && !rp->finished && r->on_body_end) {
         r->on_body_end(r, NULL);
     }
-    if (c->closed || c->dead)
-        return HPE_USER;
+    if (c->closed || c->dead) return HPE_USER;
     if (rp->finished) {
         /* answered synchronously: move on after execute returns */
         http_conn_request_done(c);
@@ -492,8 +456,7 @@ static int on_message_complete(llhttp_t *p)
 
 static void settings_init(void)
 {
-    if (settings_ready)
-        return;
+    if (settings_ready) return;
     llhttp_settings_init(&settings);
     settings.on_message_begin = on_message_begin;
     settings.on_url = on_url;
@@ -513,12 +476,9 @@ static void settings_init(void)
 static void conn_free_now(void *obj)
 {
     struct http_conn *c = obj;
-    if (c->timer)
-        event_free(c->timer);
-    if (c->kick)
-        event_free(c->kick);
-    if (c->acc)
-        evbuffer_free(c->acc);
+    if (c->timer) event_free(c->timer);
+    if (c->kick) event_free(c->kick);
+    if (c->acc) evbuffer_free(c->acc);
     free(c);
 }
 
@@ -529,8 +489,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg);
  * runs, is told through on_abort and finishes on its own later. */
 void http_conn_close(struct http_conn *c, const char *why)
 {
-    if (c->closed)
-        return;
+    if (c->closed) return;
     c->closed = 1;
     struct http_server *s = c->srv;
     struct http_req *r = c->req;
@@ -549,24 +508,20 @@ void http_conn_close(struct http_conn *c, const char *why)
                 end(r, why ? why : "client disconnected");
             }
             /* a finish that already ran freed the request itself */
-            if (!rp->finished && r->on_abort)
-                r->on_abort(r);
+            if (!rp->finished && r->on_abort) r->on_abort(r);
         }
     }
     if (c->bev) {
         bufferevent_free(c->bev); /* closes the socket */
         c->bev = NULL;
     }
-    if (c->timer)
-        event_del(c->timer);
-    if (c->kick)
-        event_del(c->kick);
+    if (c->timer) event_del(c->timer);
+    if (c->kick) event_del(c->kick);
     if (c->prev)
         c->prev->next = c->next;
     else
         s->conns = c->next;
-    if (c->next)
-        c->next->prev = c->prev;
+    if (c->next) c->next->prev = c->prev;
     s->st.conns_open--;
     reap_later(conn_free_now, c);
     maybe_shutdown_done(s);
@@ -585,8 +540,7 @@ static void linger_read_cb(struct bufferevent *bev, void *arg)
  * the response before the client reads it). */
 static void conn_finish_output(struct http_conn *c)
 {
-    if (c->closed || c->lingering)
-        return;
+    if (c->closed || c->lingering) return;
     c->dead = 1;
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
         return; /* write_cb comes back here */
@@ -615,10 +569,8 @@ void http_conn_request_done(struct http_conn *c)
         log_int(l, "bytes", rp->bytes_out);
         log_dbl(l, "ms", (double)(util_mono_ms() - r->start_ms));
         log_str(l, "request_id", r->request_id);
-        if (r->log_user[0])
-            log_str(l, "user", r->log_user);
-        if (r->log_org[0])
-            log_str(l, "org", r->log_org);
+        if (r->log_user[0]) log_str(l, "user", r->log_user);
+        if (r->log_org[0]) log_str(l, "org", r->log_org);
         log_end(l);
         if (c->srv->o.observe)
             c->srv->o.observe(c->srv->o.observe_arg, r, rp->status, util_mono_ms() - r->start_ms);
@@ -640,23 +592,19 @@ static void conn_process(struct http_conn *c)
         if (c->parser_paused) {
             /* paused at a message end: wait for the response; paused in a
              * body: wait for the handler's resume */
-            if (c->req && (c->req->priv->message_done || c->req->priv->body_paused))
-                return;
+            if (c->req && (c->req->priv->message_done || c->req->priv->body_paused)) return;
             c->parser_paused = 0;
             llhttp_resume(&c->parser);
         }
-        if (c->req && c->req->priv->body_paused)
-            return;
+        if (c->req && c->req->priv->body_paused) return;
         size_t avail = evbuffer_get_length(in);
-        if (avail == 0)
-            return;
+        if (avail == 0) return;
         size_t n = avail < HTTP_BODY_PIECE ? avail : HTTP_BODY_PIECE;
         const char *data = (const char *)evbuffer_pullup(in, (ssize_t)n);
         c->in_execute = 1;
         llhttp_errno_t err = llhttp_execute(&c->parser, data, n);
         c->in_execute = 0;
-        if (c->closed)
-            return;
+        if (c->closed) return;
         if (err == HPE_OK) {
             evbuffer_drain(in, n);
             continue;
@@ -675,8 +623,7 @@ static void conn_process(struct http_conn *c)
         if (!c->closed && !c->dead) {
             c->closing = 1;
             bufferevent_disable(c->bev, EV_READ);
-            if (!c->req || c->req->priv->finished)
-                http_conn_request_done(c);
+            if (!c->req || c->req->priv->finished) http_conn_request_done(c);
         }
         return;
     }
@@ -687,22 +634,19 @@ static void kick_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     struct http_conn *c = arg;
-    if (!c->closed && !c->dead)
-        conn_process(c);
+    if (!c->closed && !c->dead) conn_process(c);
 }
 
 void http_conn_kick(struct http_conn *c)
 {
-    if (!c->closed)
-        event_active(c->kick, 0, 0);
+    if (!c->closed) event_active(c->kick, 0, 0);
 }
 
 static void read_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
     struct http_conn *c = arg;
-    if (c->tmode == T_IDLE)
-        conn_arm(c, T_HEADER);
+    if (c->tmode == T_IDLE) conn_arm(c, T_HEADER);
     conn_process(c);
 }
 
@@ -715,8 +659,7 @@ static void write_cb(struct bufferevent *bev, void *arg)
         return;
     }
     struct http_req *r = c->req;
-    if (r && r->priv->response_started && !r->priv->finished && r->on_drain)
-        r->on_drain(r);
+    if (r && r->priv->response_started && !r->priv->finished && r->on_drain) r->on_drain(r);
 }
 
 static void event_cb(struct bufferevent *bev, short what, void *arg)
@@ -763,15 +706,22 @@ static void timer_cb(evutil_socket_t fd, short what, void *arg)
 
 static void conn_arm(struct http_conn *c, enum conn_timer mode)
 {
-    if (c->tmode == mode && mode != T_BODY)
-        return;
+    if (c->tmode == mode && mode != T_BODY) return;
     c->tmode = mode;
     int s = 0;
     switch (mode) {
-    case T_IDLE: s = c->srv->o.idle_timeout_s; break;
-    case T_HEADER: s = c->srv->o.header_timeout_s; break;
-    case T_BODY: s = c->srv->o.body_timeout_s; break;
-    case T_NONE: event_del(c->timer); return;
+    case T_IDLE:
+        s = c->srv->o.idle_timeout_s;
+        break;
+    case T_HEADER:
+        s = c->srv->o.header_timeout_s;
+        break;
+    case T_BODY:
+        s = c->srv->o.body_timeout_s;
+        break;
+    case T_NONE:
+        event_del(c->timer);
+        return;
     }
     struct timeval tv = {s, 0};
     evtimer_add(c->timer, &tv);
@@ -781,23 +731,18 @@ void http_body_pause(struct http_req *r)
 {
     struct http_req_priv *rp = r->priv;
     rp->body_paused = 1;
-    if (rp->conn && !rp->conn->in_execute)
-        conn_arm(rp->conn, T_NONE);
+    if (rp->conn && !rp->conn->in_execute) conn_arm(rp->conn, T_NONE);
 }
 
 void http_body_resume(struct http_req *r)
 {
     struct http_req_priv *rp = r->priv;
-    if (!rp->body_paused)
-        return;
+    if (!rp->body_paused) return;
     rp->body_paused = 0;
     struct http_conn *c = rp->conn;
-    if (!c)
-        return;
-    if (rp->expect_continue && !rp->response_started)
-        http_send_continue(r);
-    if (!rp->message_done)
-        conn_arm(c, T_BODY);
+    if (!c) return;
+    if (rp->expect_continue && !rp->response_started) http_send_continue(r);
+    if (!rp->message_done) conn_arm(c, T_BODY);
     http_conn_kick(c);
 }
 
@@ -806,7 +751,8 @@ void http_body_resume(struct http_req *r)
 static const char busy_503[] =
     "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\n"
     "Connection: close\r\nRetry-After: 1\r\nContent-Length: 92\r\n\r\n"
-    "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many connections\",\"request_id\":\"\"}}\n";
+    "{\"error\":{\"code\":\"unavailable\",\"message\":\"too many "
+    "connections\",\"request_id\":\"\"}}\n";
 
 static void accept_cb(struct evconnlistener *lis, evutil_socket_t fd, struct sockaddr *sa,
                       int salen, void *arg)
@@ -855,8 +801,7 @@ int http_server_adopt(struct http_server *s, int fd)
     bufferevent_setwatermark(c->bev, EV_WRITE, 16384, 0);
     bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     c->next = s->conns;
-    if (s->conns)
-        s->conns->prev = c;
+    if (s->conns) s->conns->prev = c;
     s->conns = c;
     s->st.conns_open++;
     s->st.conns_total++;
@@ -869,8 +814,7 @@ struct http_server *http_server_new(struct event_base *base, const struct http_s
 {
     settings_init();
     struct http_server *s = calloc(1, sizeof *s);
-    if (!s)
-        return NULL;
+    if (!s) return NULL;
     s->base = base;
     s->o = *o;
     return s;
@@ -895,9 +839,9 @@ int http_server_listen(struct http_server *s)
         log_msg(LOG_ERROR, "listen address must be numeric", "addr", s->o.host);
         return -1;
     }
-    s->lis = evconnlistener_new_bind(s->base, accept_cb, s,
-                                     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE, 1024,
-                                     ai->ai_addr, (int)ai->ai_addrlen);
+    s->lis =
+        evconnlistener_new_bind(s->base, accept_cb, s, LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                1024, ai->ai_addr, (int)ai->ai_addrlen);
     evutil_freeaddrinfo(ai);
     if (!s->lis) {
         struct log_line *l = log_begin(LOG_ERROR, "cannot listen");
@@ -927,12 +871,10 @@ void http_server_stats(const struct http_server *s, struct http_stats *out)
 
 static void maybe_shutdown_done(struct http_server *s)
 {
-    if (!s->shutting_down || s->conns || !s->done)
-        return;
+    if (!s->shutting_down || s->conns || !s->done) return;
     void (*done)(void *) = s->done;
     s->done = NULL;
-    if (s->grace_ev)
-        event_del(s->grace_ev);
+    if (s->grace_ev) event_del(s->grace_ev);
     done(s->done_arg);
 }
 
@@ -952,8 +894,7 @@ void http_server_shutdown(struct http_server *s, int grace_s, void (*done)(void 
     s->shutting_down = 1;
     s->done = done;
     s->done_arg = arg;
-    if (s->lis)
-        evconnlistener_disable(s->lis);
+    if (s->lis) evconnlistener_disable(s->lis);
     s->grace_ev = evtimer_new(s->base, grace_cb, s);
     struct timeval tv = {grace_s, 0};
     evtimer_add(s->grace_ev, &tv);
@@ -979,14 +920,11 @@ void http_server_shutdown(struct http_server *s, int grace_s, void (*done)(void 
 
 void http_server_free(struct http_server *s)
 {
-    if (!s)
-        return;
+    if (!s) return;
     while (s->conns)
         http_conn_close(s->conns, "server freed");
-    if (s->lis)
-        evconnlistener_free(s->lis);
-    if (s->grace_ev)
-        event_free(s->grace_ev);
+    if (s->lis) evconnlistener_free(s->lis);
+    if (s->grace_ev) event_free(s->grace_ev);
     http_router_free(s);
     free(s);
 }

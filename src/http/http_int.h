@@ -15,7 +15,7 @@ struct http_route_ent {
     char *pattern;
     char **segs; /* split pattern */
     int nsegs;
-    int tail;    /* last pattern segment is "*" */
+    int tail; /* last pattern segment is "*" */
     http_handler h;
     struct http_route_opts o;
 };
@@ -42,7 +42,7 @@ struct arena_blk {
 struct http_req_priv {
     struct http_conn *conn; /* NULL once detached */
     const struct http_route_ent *rt;
-    struct evbuffer *body;  /* buffered body (JSON / NONE modes) */
+    struct evbuffer *body; /* buffered body (JSON / NONE modes) */
     int64_t body_bytes;
     struct evbuffer *out_hdrs; /* headers set by the handler */
     struct arena_blk *arena;
@@ -60,24 +60,22 @@ struct http_conn {
     struct http_server *srv;
     struct bufferevent *bev;
     llhttp_t parser;
-    struct http_req *req;   /* the request being parsed or handled */
-    struct evbuffer *acc;   /* url / header field / value being accumulated */
+    struct http_req *req; /* the request being parsed or handled */
+    struct evbuffer *acc; /* url / header field / value being accumulated */
     char *cur_field;
     int last_was_value;
     size_t header_bytes;
     struct event *timer;
-    struct event *kick;     /* deferred input processing */
+    struct event *kick; /* deferred input processing */
     enum conn_timer tmode;
     char peer[64];
-    unsigned closing : 1, closed : 1, parser_paused : 1, in_execute : 1, dead : 1,
-        lingering : 1;
+    unsigned closing : 1, closed : 1, parser_paused : 1, in_execute : 1, dead : 1, lingering : 1;
     struct http_conn *prev, *next;
 };
 
 /* router.c */
 const struct http_route_ent *http_router_match(const struct http_server *s, struct http_req *r,
-                                               int *method_mismatch, char *allow,
-                                               size_t allowlen);
+                                               int *method_mismatch, char *allow, size_t allowlen);
 void http_router_free(struct http_server *s);
 
 /* conn.c: percent-decode n bytes into request memory ('+' is a space

@@ -16,40 +16,74 @@
 const char *http_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 304: return "Not Modified";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 402: return "Payment Required";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 412: return "Precondition Failed";
-    case 413: return "Content Too Large";
-    case 415: return "Unsupported Media Type";
-    case 416: return "Range Not Satisfiable";
-    case 417: return "Expectation Failed";
-    case 422: return "Unprocessable Content";
-    case 423: return "Locked";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 460: return "Checksum Mismatch";
-    case 500: return "Internal Server Error";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 507: return "Insufficient Storage";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 304:
+        return "Not Modified";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 402:
+        return "Payment Required";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 415:
+        return "Unsupported Media Type";
+    case 416:
+        return "Range Not Satisfiable";
+    case 417:
+        return "Expectation Failed";
+    case 422:
+        return "Unprocessable Content";
+    case 423:
+        return "Locked";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 460:
+        return "Checksum Mismatch";
+    case 500:
+        return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 507:
+        return "Insufficient Storage";
+    default:
+        return "Unknown";
     }
 }
 
@@ -62,8 +96,7 @@ static struct evbuffer *out_of(struct http_req *r)
 void http_set_header(struct http_req *r, const char *name, const char *value)
 {
     /* CR/LF in a value would split the response: refuse it. */
-    if (strpbrk(name, "\r\n:") || strpbrk(value, "\r\n"))
-        return;
+    if (strpbrk(name, "\r\n:") || strpbrk(value, "\r\n")) return;
     evbuffer_add_printf(r->priv->out_hdrs, "%s: %s\r\n", name, value);
 }
 
@@ -89,16 +122,12 @@ static void write_head(struct http_req *r, int status, const char *ctype, int64_
     rp->status = status;
     rp->response_started = 1;
     struct evbuffer *out = out_of(r);
-    if (!out)
-        return;
-    if (!rp->message_done)
-        c->closing = 1; /* answering before the request was read whole */
-    if (c->srv->shutting_down)
-        c->closing = 1;
+    if (!out) return;
+    if (!rp->message_done) c->closing = 1; /* answering before the request was read whole */
+    if (c->srv->shutting_down) c->closing = 1;
     evbuffer_add_printf(out, "HTTP/1.1 %d %s\r\nDate: %s\r\nX-Request-Id: %s\r\n", status,
                         http_reason(status), http_date(), r->request_id);
-    if (ctype)
-        evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
+    if (ctype) evbuffer_add_printf(out, "Content-Type: %s\r\n", ctype);
     if (len >= 0) {
         if (status != 204 && status != 304 && !(status >= 100 && status < 200))
             evbuffer_add_printf(out, "Content-Length: %lld\r\n", (long long)len);
@@ -106,8 +135,7 @@ static void write_head(struct http_req *r, int status, const char *ctype, int64_
         evbuffer_add_printf(out, "Transfer-Encoding: chunked\r\n");
         rp->chunked = 1;
     }
-    if (c->closing)
-        evbuffer_add_printf(out, "Connection: close\r\n");
+    if (c->closing) evbuffer_add_printf(out, "Connection: close\r\n");
     evbuffer_add_buffer(out, rp->out_hdrs);
     evbuffer_add(out, "\r\n", 2);
 }
@@ -115,8 +143,7 @@ static void write_head(struct http_req *r, int status, const char *ctype, int64_
 void http_req_finish(struct http_req *r)
 {
     struct http_req_priv *rp = r->priv;
-    if (rp->finished)
-        return;
+    if (rp->finished) return;
     rp->finished = 1;
     struct http_conn *c = rp->conn;
     if (!c) {
@@ -136,20 +163,17 @@ void http_req_finish(struct http_req *r)
         }
         return;
     }
-    if (!c->in_execute)
-        http_conn_request_done(c);
+    if (!c->in_execute) http_conn_request_done(c);
     /* inside llhttp_execute: on_message_complete finishes the job */
 }
 
 void http_reply(struct http_req *r, int status, const char *ctype, const void *body, size_t len)
 {
     struct http_req_priv *rp = r->priv;
-    if (rp->finished || rp->response_started)
-        return;
+    if (rp->finished || rp->response_started) return;
     write_head(r, status, ctype, (int64_t)len);
     struct evbuffer *out = out_of(r);
-    if (out && len && !rp->head)
-        evbuffer_add(out, body, len);
+    if (out && len && !rp->head) evbuffer_add(out, body, len);
     rp->bytes_out += (int64_t)len;
     http_req_finish(r);
 }
@@ -204,8 +228,7 @@ void http_send_continue(struct http_req *r)
 {
     struct http_req_priv *rp = r->priv;
     struct evbuffer *out = out_of(r);
-    if (rp->continue_sent || rp->response_started || !out)
-        return;
+    if (rp->continue_sent || rp->response_started || !out) return;
     rp->continue_sent = 1;
     evbuffer_add_printf(out, "HTTP/1.1 100 Continue\r\n\r\n");
 }
@@ -213,8 +236,7 @@ void http_send_continue(struct http_req *r)
 int http_stream_start(struct http_req *r, int status, const char *ctype, int64_t content_length)
 {
     struct http_req_priv *rp = r->priv;
-    if (rp->finished || rp->response_started)
-        return -1;
+    if (rp->finished || rp->response_started) return -1;
     write_head(r, status, ctype, content_length);
     if (rp->head) {
         http_req_finish(r);
@@ -227,15 +249,11 @@ long http_stream_write(struct http_req *r, const void *data, size_t len)
 {
     struct http_req_priv *rp = r->priv;
     struct evbuffer *out = out_of(r);
-    if (!out || rp->finished || !rp->response_started)
-        return -1;
-    if (len == 0)
-        return (long)evbuffer_get_length(out);
-    if (rp->chunked)
-        evbuffer_add_printf(out, "%zx\r\n", len);
+    if (!out || rp->finished || !rp->response_started) return -1;
+    if (len == 0) return (long)evbuffer_get_length(out);
+    if (rp->chunked) evbuffer_add_printf(out, "%zx\r\n", len);
     evbuffer_add(out, data, len);
-    if (rp->chunked)
-        evbuffer_add(out, "\r\n", 2);
+    if (rp->chunked) evbuffer_add(out, "\r\n", 2);
     rp->bytes_out += (int64_t)len;
     return (long)evbuffer_get_length(out);
 }
@@ -249,11 +267,9 @@ size_t http_stream_queued(const struct http_req *r)
 void http_stream_end(struct http_req *r)
 {
     struct http_req_priv *rp = r->priv;
-    if (rp->finished)
-        return;
+    if (rp->finished) return;
     struct evbuffer *out = out_of(r);
-    if (out && rp->chunked && rp->response_started)
-        evbuffer_add(out, "0\r\n\r\n", 5);
+    if (out && rp->chunked && rp->response_started) evbuffer_add(out, "0\r\n\r\n", 5);
     if (!rp->response_started) {
         http_reply_error(r, 500, "internal", "stream ended before it started");
         return;
@@ -266,8 +282,7 @@ int http_sse_start(struct http_req *r)
     struct http_req_priv *rp = r->priv;
     http_set_header(r, "Cache-Control", "no-cache");
     http_set_header(r, "X-Accel-Buffering", "no");
-    if (http_stream_start(r, 200, "text/event-stream; charset=utf-8", -1) != 0)
-        return -1;
+    if (http_stream_start(r, 200, "text/event-stream; charset=utf-8", -1) != 0) return -1;
     rp->sse = 1;
     rp->counted_stream = 1;
     rp->conn->srv->st.streams_open++;
@@ -279,8 +294,7 @@ int http_sse_start(struct http_req *r)
 static int sse_check_bound(struct http_req *r)
 {
     struct http_conn *c = r->priv->conn;
-    if (!c)
-        return -1;
+    if (!c) return -1;
     if ((int64_t)evbuffer_get_length(bufferevent_get_output(c->bev)) > c->srv->o.sse_max_queued) {
         http_conn_close(c, "slow consumer");
         return -1;
@@ -291,13 +305,10 @@ static int sse_check_bound(struct http_req *r)
 int http_sse_event(struct http_req *r, const char *id, const char *event, const char *data,
                    size_t len)
 {
-    if (!r->priv->conn || r->priv->finished)
-        return -1;
+    if (!r->priv->conn || r->priv->finished) return -1;
     struct evbuffer *b = evbuffer_new();
-    if (id)
-        evbuffer_add_printf(b, "id: %s\n", id);
-    if (event)
-        evbuffer_add_printf(b, "event: %s\n", event);
+    if (id) evbuffer_add_printf(b, "id: %s\n", id);
+    if (event) evbuffer_add_printf(b, "event: %s\n", event);
     size_t i = 0;
     do {
         const char *nl = memchr(data + i, '\n', len - i);
@@ -311,8 +322,7 @@ int http_sse_event(struct http_req *r, const char *id, const char *event, const 
     size_t n = evbuffer_get_length(b);
     long q = http_stream_write(r, evbuffer_pullup(b, -1), n);
     evbuffer_free(b);
-    if (q < 0)
-        return -1;
+    if (q < 0) return -1;
     return sse_check_bound(r);
 }
 
@@ -320,9 +330,7 @@ int http_sse_comment(struct http_req *r, const char *text)
 {
     char buf[256];
     int n = snprintf(buf, sizeof buf, ": %s\n\n", text);
-    if (n < 0 || (size_t)n >= sizeof buf)
-        return -1;
-    if (http_stream_write(r, buf, (size_t)n) < 0)
-        return -1;
+    if (n < 0 || (size_t)n >= sizeof buf) return -1;
+    if (http_stream_write(r, buf, (size_t)n) < 0) return -1;
     return sse_check_bound(r);
 }

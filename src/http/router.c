@@ -12,14 +12,12 @@ static char **split(const char *path, int *n)
     while (v && *p) {
         while (*p == '/')
             p++;
-        if (!*p)
-            break;
+        if (!*p) break;
         size_t l = strcspn(p, "/");
         if (k == cap) {
             cap *= 2;
             char **nv = realloc(v, sizeof *v * (size_t)cap);
-            if (!nv)
-                break;
+            if (!nv) break;
             v = nv;
         }
         v[k++] = strndup(p, l);
@@ -35,8 +33,7 @@ int http_route(struct http_server *s, const char *method, const char *pattern, h
     if (s->nroutes == s->cap_routes) {
         int cap = s->cap_routes ? s->cap_routes * 2 : 32;
         struct http_route_ent *nr = realloc(s->routes, sizeof *nr * (size_t)cap);
-        if (!nr)
-            return -1;
+        if (!nr) return -1;
         s->routes = nr;
         s->cap_routes = cap;
     }
@@ -50,8 +47,7 @@ int http_route(struct http_server *s, const char *method, const char *pattern, h
         free(e->segs[--e->nsegs]);
     }
     e->h = h;
-    if (o)
-        e->o = *o;
+    if (o) e->o = *o;
     s->nroutes++;
     return 0;
 }
@@ -85,19 +81,15 @@ static int match_one(const struct http_route_ent *e, struct http_req *r)
     const char *p = r->path;
     int np = 0;
     for (int k = 0; k < e->nsegs; k++) {
-        if (*p != '/')
-            return 0;
+        if (*p != '/') return 0;
         p++;
         size_t l = strcspn(p, "/");
-        if (l == 0)
-            return 0;
+        if (l == 0) return 0;
         const char *seg = e->segs[k];
         if (seg[0] == ':') {
-            if (np == HTTP_MAX_PARAMS)
-                return 0;
+            if (np == HTTP_MAX_PARAMS) return 0;
             char *d = http_decode(r, p, l, 0);
-            if (!d)
-                return 0;
+            if (!d) return 0;
             r->params[np++] = d;
         } else if (strlen(seg) != l || strncmp(seg, p, l) != 0) {
             return 0;
@@ -105,8 +97,7 @@ static int match_one(const struct http_route_ent *e, struct http_req *r)
         p += l;
     }
     if (e->tail) {
-        if (*p != '/' && *p != '\0')
-            return 0;
+        if (*p != '/' && *p != '\0') return 0;
     } else if (*p != '\0') {
         return 0;
     }
@@ -115,16 +106,14 @@ static int match_one(const struct http_route_ent *e, struct http_req *r)
 }
 
 const struct http_route_ent *http_router_match(const struct http_server *s, struct http_req *r,
-                                               int *method_mismatch, char *allow,
-                                               size_t allowlen)
+                                               int *method_mismatch, char *allow, size_t allowlen)
 {
     *method_mismatch = 0;
     allow[0] = '\0';
     size_t al = 0;
     for (int i = 0; i < s->nroutes; i++) {
         const struct http_route_ent *e = &s->routes[i];
-        if (!match_one(e, r))
-            continue;
+        if (!match_one(e, r)) continue;
         if (strcmp(e->method, "*") == 0 || strcmp(e->method, r->method) == 0 ||
             (strcmp(r->method, "HEAD") == 0 && strcmp(e->method, "GET") == 0))
             return e;

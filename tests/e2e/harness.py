@@ -189,3 +189,13 @@ def assert_error(status, js, want_status, want_code):
     eq(js["error"].get("code"), want_code, "error.code")
     if not js["error"].get("request_id") or not js["error"].get("message"):
         raise AssertionError(f"envelope lacks request_id/message: {js!r}")
+
+
+def run_all(ns):
+    """Runs, in file order, every function of the test module whose name
+    does not start with '_' (helpers do), then exits with the verdict."""
+    import inspect
+    fns = [f for n, f in ns.items() if inspect.isfunction(f) and f.__module__ == "__main__"
+           and not n.startswith("_")]
+    for f in fns:
+        check(f.__name__, f)

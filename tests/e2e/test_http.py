@@ -5,7 +5,7 @@ import subprocess
 import threading
 import time
 
-from harness import Reeld, assert_error, check, done, eq
+from harness import run_all, Reeld, assert_error, check, done, eq
 
 r = Reeld(env={"REELD_HEADER_TIMEOUT": "2", "REELD_MAX_CONNS": "50",
                "REELD_MAX_JSON_BYTES": "4096", "REELD_MAX_HEADER_BYTES": "8192"}).start()
@@ -223,10 +223,6 @@ def slowhttptest_connections_are_dropped_and_healthz_answers():
         r2.stop()
 
 
-for name, fn in list(globals().items()):
-    if callable(fn) and getattr(fn, "__module__", None) == "__main__" and \
-            fn.__code__.co_argcount == 0 and name[0].islower() and "_" in name and \
-            name not in ("check", "done", "eq", "assert_error"):
-        check(name, fn)
+run_all(globals())
 r.stop()
 done()

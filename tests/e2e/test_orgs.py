@@ -4,12 +4,12 @@ import json
 import subprocess
 import time
 
-from harness import BIN, Reeld, assert_error, check, done, eq, psql
+from harness import run_all, BIN, Reeld, assert_error, check, done, eq, psql
 
 r = Reeld().start()
 
 
-def b64(d):
+def _b64(d):
     return base64.urlsafe_b64encode(json.dumps(d).encode()).rstrip(b"=").decode()
 
 
@@ -22,10 +22,10 @@ def missing_token_is_401():
 def garbage_and_forged_tokens_are_401():
     good = r.token("forger")
     head, payload, sig = good.split(".")
-    forged_payload = b64({"sub": "admin", "iss": "reeld-dev", "exp": int(time.time()) + 600})
+    forged_payload = _b64({"sub": "admin", "iss": "reeld-dev", "exp": int(time.time()) + 600})
     cases = ["x", "a.b", good + ".x", f"{head}.{forged_payload}.{sig}",
-             b64({"alg": "none", "typ": "JWT"}) + "." + forged_payload + ".",
-             b64({"alg": "HS256", "kid": "dev"}) + "." + forged_payload + "." + sig]
+             _b64({"alg": "none", "typ": "JWT"}) + "." + forged_payload + ".",
+             _b64({"alg": "HS256", "kid": "dev"}) + "." + forged_payload + "." + sig]
     for t in cases:
         st, js, _, _ = r.get("/api/organizations", token=t)
         assert_error(st, js, 401, "unauthenticated")
@@ -198,10 +198,6 @@ def readyz_reports_schema_version():
     eq(js["status"], "ready")
 
 
-for name, fn in list(globals().items()):
-    if callable(fn) and getattr(fn, "__module__", None) == "__main__" and \
-            fn.__code__.co_argcount == 0 and name[0].islower() and "_" in name and \
-            name not in ("check", "done", "eq", "assert_error", "b64", "psql"):
-        check(name, fn)
+run_all(globals())
 r.stop()
 done()

@@ -5,14 +5,14 @@ import subprocess
 import threading
 import time
 
-from harness import ROOT, Reeld, assert_error, check, done, eq, psql
+from harness import run_all, ROOT, Reeld, assert_error, check, done, eq, psql
 
 r = Reeld(env={"REELD_SHUTDOWN_GRACE": "8"}).start()
 tok = r.token("res-alice")
 eq(r.post("/api/organizations", {"name": "Resilient"}, token=tok)[0], 201)
 
 
-def pg(cmd):
+def _pg(cmd):
     subprocess.run([os.path.join(ROOT, "scripts", "pg.sh"), cmd, os.environ["REELD_TEST_PGDIR"],
                     os.environ["REELD_TEST_PGPORT"]], check=True, capture_output=True,
                    env=dict(os.environ, PG_FSYNC="off"))
@@ -20,7 +20,7 @@ def pg(cmd):
 
 def postgres_stopped_gives_503_then_recovers_without_restart():
     eq(r.get("/api/organizations/current", token=tok)[0], 200)
-    pg("stop")
+    _pg("stop")
     try:
         t0 = time.time()
         st, js, _, _ = r.get("/api/organizations/current", token=tok, timeout=30)
@@ -31,7 +31,7 @@ def postgres_stopped_gives_503_then_recovers_without_restart():
         assert_error(st, js, 503, "unavailable")
         eq(r.get("/healthz")[0], 200, "healthz while the database is down")
     finally:
-        pg("start")
+        _pg("start")
     deadline = time.time() + 30
     while True:
         st = r.get("/api/organizations/current", token=tok)[0]
@@ -121,10 +121,6 @@ def sigterm_drains_in_flight_requests_and_exits():
         raise AssertionError(f"new connection during drain got {late[:40]!r}")
 
 
-for name, fn in list(globals().items()):
-    if callable(fn) and getattr(fn, "__module__", None) == "__main__" and \
-            fn.__code__.co_argcount == 0 and name[0].islower() and "_" in name and \
-            name not in ("check", "done", "eq", "assert_error", "psql", "pg"):
-        check(name, fn)
+run_all(globals())
 r.stop()
 done()
