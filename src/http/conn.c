@@ -589,18 +589,23 @@ static void conn_process(struct http_conn *c)
 {
     struct evbuffer *in = bufferevent_get_input(c->bev);
     while (!c->closed && !c->dead) {
+        int resumed = 0;
         if (c->parser_paused) {
             /* paused at a message end: wait for the response; paused in a
              * body: wait for the handler's resume */
             if (c->req && (c->req->priv->message_done || c->req->priv->body_paused)) return;
             c->parser_paused = 0;
             llhttp_resume(&c->parser);
+            resumed = 1;
         }
         if (c->req && c->req->priv->body_paused) return;
         size_t avail = evbuffer_get_length(in);
-        if (avail == 0) return;
+        /* After a pause inside a body the parser may owe callbacks that
+         * need no input (the message end right after the last body
+         * byte): run it once on nothing. */
+        if (avail == 0 && !resumed) return;
         size_t n = avail < HTTP_BODY_PIECE ? avail : HTTP_BODY_PIECE;
-        const char *data = (const char *)evbuffer_pullup(in, (ssize_t)n);
+        const char *data = n ? (const char *)evbuffer_pullup(in, (ssize_t)n) : "";
         c->in_execute = 1;
         llhttp_errno_t err = llhttp_execute(&c->parser, data, n);
         c->in_execute = 0;

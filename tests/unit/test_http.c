@@ -1,0 +1,417 @@
+/* The HTTP server's streaming paths, in process: a server on a loopback
+ * port driven by the loop in this thread, clients with blocking sockets
+ * in a second thread. */
+#include <arpa/inet.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <event2/buffer.h>
+#include <event2/event.h>
+
+#include "reeld/http.h"
+#include "reeld/reap.h"
+#include "t.h"
+
+static struct event_base *base;
+static struct http_server *srv;
+static int port;
+static int aborts, sse_dropped;
+
+/* ---- handlers ---------------------------------------------------------- */
+
+struct stream_state {
+    struct http_req *r;
+    long long bytes;
+    int pieces, pauses;
+    struct event *ev;
+};
+
+static void resume_cb(evutil_socket_t fd, short w, void *arg)
+{
+    (void)fd;
+    (void)w;
+    struct stream_state *st = arg;
+    http_body_resume(st->r);
+}
+
+static int stream_body(struct http_req *r, const char *data, size_t len)
+{
+    struct stream_state *st = r->data;
+    (void)data;
+    if (len > HTTP_BODY_PIECE) return -1; /* the contract: bounded pieces */
+    st->bytes += (long long)len;
+    st->pieces++;
+    if (st->pieces % 4 == 1) { /* pause now and then; resume from a timer */
+        st->pauses++;
+        http_body_pause(r);
+        struct timeval tv = {0, 2000};
+        evtimer_add(st->ev, &tv);
+    }
+    return 0;
+}
+
+static void stream_end(struct http_req *r, const char *err)
+{
+    struct stream_state *st = r->data;
+    event_free(st->ev);
+    st->ev = NULL;
+    if (err) return; /* on_abort follows */
+    char buf[64];
+    int n = snprintf(buf, sizeof buf, "%lld %d", st->bytes, st->pauses > 0);
+    http_reply(r, 200, "text/plain", buf, (size_t)n);
+}
+
+static void stream_abort(struct http_req *r)
+{
+    aborts++;
+    http_reply_empty(r, 499);
+}
+
+static void h_stream(struct http_req *r)
+{
+    struct stream_state *st = http_req_alloc(r, sizeof *st);
+    st->r = r;
+    st->ev = evtimer_new(base, resume_cb, st);
+    r->data = st;
+    r->on_body = stream_body;
+    r->on_body_end = stream_end;
+    r->on_abort = stream_abort;
+}
+
+static void h_chunked(struct http_req *r)
+{
+    http_stream_start(r, 200, "text/plain", -1);
+    for (int i = 0; i < 3; i++)
+        http_stream_write(r, "hello ", 6);
+    http_stream_end(r);
+}
+
+static void h_param(struct http_req *r)
+{
+    char buf[256];
+    const char *q = http_query(r, "q");
+    int n =
+        snprintf(buf, sizeof buf, "%s|%s|%s", http_param(r, 0), http_param(r, 1), q ? q : "(none)");
+    http_reply(r, 200, "text/plain", buf, (size_t)n);
+}
+
+/* SSE: a timer pushes events forever; a client that stops reading is
+ * dropped once its queue passes the bound. */
+struct sse_state {
+    struct http_req *r;
+    struct event *ev;
+};
+
+static void sse_abort(struct http_req *r)
+{
+    struct sse_state *st = r->data;
+    sse_dropped++;
+    event_free(st->ev);
+    http_stream_end(r);
+}
+
+static void sse_tick(evutil_socket_t fd, short w, void *arg)
+{
+    (void)fd;
+    (void)w;
+    struct sse_state *st = arg;
+    static char payload[4096];
+    memset(payload, 'x', sizeof payload - 1);
+    for (int i = 0; i < 8; i++)
+        if (http_sse_event(st->r, "1", "tick", payload, sizeof payload - 1) != 0)
+            return; /* dropped: sse_abort ran */
+    struct timeval tv = {0, 1000};
+    evtimer_add(st->ev, &tv);
+}
+
+static void h_sse(struct http_req *r)
+{
+    struct sse_state *st = http_req_alloc(r, sizeof *st);
+    st->r = r;
+    st->ev = evtimer_new(base, sse_tick, st);
+    r->data = st;
+    r->on_abort = sse_abort;
+    http_sse_start(r);
+    http_sse_comment(r, "hello");
+    struct timeval tv = {0, 1000};
+    evtimer_add(st->ev, &tv);
+}
+
+/* Waits on a timer, so a client can hang up first. */
+static void late_reply(evutil_socket_t fd, short w, void *arg)
+{
+    (void)fd;
+    (void)w;
+    struct http_req *r = arg;
+    http_reply(r, 200, "text/plain", "late", 4);
+}
+
+static void slow_abort(struct http_req *r)
+{
+    aborts++;
+    (void)r; /* the timer's reply still comes and frees the request */
+}
+
+static void h_slow(struct http_req *r)
+{
+    r->on_abort = slow_abort;
+    struct timeval tv = {0, 300000};
+    event_base_once(base, -1, EV_TIMEOUT, late_reply, r, &tv);
+}
+
+/* ---- client side (second thread) ---------------------------------------- */
+
+static int dial(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    struct timeval tv = {10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    return fd;
+}
+
+static void send_all(int fd, const void *p, size_t n)
+{
+    const char *c = p;
+    while (n) {
+        ssize_t w = send(fd, c, n, MSG_NOSIGNAL);
+        if (w <= 0) return;
+        c += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Reads until close; returns bytes read into buf (NUL-terminated). */
+static size_t read_all(int fd, char *buf, size_t cap)
+{
+    size_t n = 0;
+    for (;;) {
+        ssize_t r = recv(fd, buf + n, cap - 1 - n, 0);
+        if (r <= 0) break;
+        n += (size_t)r;
+        if (n + 1 >= cap) break;
+    }
+    buf[n] = '\0';
+    return n;
+}
+
+static char big[3 * 1024 * 1024 + 17];
+static char resp[1 << 16];
+
+static void test_content_length_body_streams_in_bounded_pieces_with_pauses(void)
+{
+    int fd = dial();
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "POST /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                     "Content-Length: %zu\r\n\r\n",
+                     sizeof big);
+    send_all(fd, head, (size_t)n);
+    send_all(fd, big, sizeof big);
+    read_all(fd, resp, sizeof resp);
+    close(fd);
+    char want[64];
+    snprintf(want, sizeof want, "\r\n\r\n%zu 1", sizeof big);
+    CHECK(strstr(resp, "HTTP/1.1 200") == resp);
+    CHECK(strstr(resp, want) != NULL);
+}
+
+static void test_chunked_request_body_streams(void)
+{
+    int fd = dial();
+    const char *head = "POST /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                       "Transfer-Encoding: chunked\r\n\r\n";
+    send_all(fd, head, strlen(head));
+    long long total = 0;
+    for (int i = 0; i < 40; i++) {
+        char ch[32];
+        size_t len = 1000 + (size_t)i * 997;
+        int n = snprintf(ch, sizeof ch, "%zx\r\n", len);
+        send_all(fd, ch, (size_t)n);
+        send_all(fd, big, len);
+        send_all(fd, "\r\n", 2);
+        total += (long long)len;
+    }
+    send_all(fd, "0\r\n\r\n", 5);
+    read_all(fd, resp, sizeof resp);
+    close(fd);
+    char want[64];
+    snprintf(want, sizeof want, "\r\n\r\n%lld ", total);
+    CHECK(strstr(resp, want) != NULL);
+}
+
+static void test_expect_continue_on_stream_route(void)
+{
+    int fd = dial();
+    const char *head = "POST /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                       "Expect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+    send_all(fd, head, strlen(head));
+    char first[64] = {0};
+    recv(fd, first, sizeof first - 1, 0);
+    CHECK(strncmp(first, "HTTP/1.1 100 Continue\r\n\r\n", 25) == 0);
+    send_all(fd, "hello", 5);
+    read_all(fd, resp, sizeof resp);
+    close(fd);
+    CHECK(strstr(resp, "\r\n\r\n5 ") != NULL);
+}
+
+static void test_chunked_response_is_framed(void)
+{
+    int fd = dial();
+    const char *req = "GET /chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    read_all(fd, resp, sizeof resp);
+    close(fd);
+    CHECK(strstr(resp, "Transfer-Encoding: chunked") != NULL);
+    CHECK(strstr(resp, "\r\n\r\n6\r\nhello \r\n6\r\nhello \r\n6\r\nhello \r\n0\r\n\r\n") != NULL);
+}
+
+static void test_head_sends_no_body(void)
+{
+    int fd = dial();
+    const char *req = "HEAD /p/a/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    size_t n = read_all(fd, resp, sizeof resp);
+    close(fd);
+    CHECK(strstr(resp, "Content-Length: 10\r\n") != NULL); /* "a|b|(none)" */
+    CHECK(n > 4 && strcmp(resp + n - 4, "\r\n\r\n") == 0);
+}
+
+static void test_router_params_are_decoded(void)
+{
+    int fd = dial();
+    const char *req = "GET /p/a%20b/c?x=1&q=hello+w%C3%B6rld HTTP/1.1\r\nHost: x\r\n"
+                      "Connection: close\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    read_all(fd, resp, sizeof resp);
+    close(fd);
+    CHECK(strstr(resp, "\r\n\r\na b|c|hello w\xc3\xb6rld") != NULL);
+}
+
+static void test_bad_percent_escape_is_404(void)
+{
+    int fd = dial();
+    const char *req = "GET /p/a%zz/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    read_all(fd, resp, sizeof resp);
+    close(fd);
+    CHECK(strncmp(resp, "HTTP/1.1 404", 12) == 0);
+}
+
+static void test_sse_client_that_stops_reading_is_dropped(void)
+{
+    int before = sse_dropped;
+    int fd = dial();
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    const char *req = "GET /sse HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    char first[512] = {0};
+    recv(fd, first, sizeof first - 1, 0);
+    CHECK(strstr(first, "text/event-stream") != NULL);
+    /* stop reading; the server must cut us off rather than buffer */
+    for (int i = 0; i < 100 && sse_dropped == before; i++)
+        usleep(50000);
+    CHECK(sse_dropped == before + 1);
+    close(fd);
+}
+
+static void test_disconnect_while_waiting_calls_on_abort(void)
+{
+    int before = aborts;
+    int fd = dial();
+    const char *req = "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    usleep(50000);
+    close(fd);
+    for (int i = 0; i < 40 && aborts == before; i++)
+        usleep(25000);
+    CHECK(aborts == before + 1);
+    usleep(400000); /* the late reply lands on a detached request */
+}
+
+static void test_disconnect_mid_body_calls_on_abort(void)
+{
+    int before = aborts;
+    int fd = dial();
+    const char *head = "POST /stream HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n";
+    send_all(fd, head, strlen(head));
+    send_all(fd, big, 100000);
+    usleep(50000);
+    close(fd);
+    for (int i = 0; i < 40 && aborts == before; i++)
+        usleep(25000);
+    CHECK(aborts == before + 1);
+}
+
+static volatile int client_done;
+
+static void *client_main(void *arg)
+{
+    (void)arg;
+    memset(big, 'b', sizeof big);
+    TEST(test_content_length_body_streams_in_bounded_pieces_with_pauses);
+    TEST(test_chunked_request_body_streams);
+    TEST(test_expect_continue_on_stream_route);
+    TEST(test_chunked_response_is_framed);
+    TEST(test_head_sends_no_body);
+    TEST(test_router_params_are_decoded);
+    TEST(test_bad_percent_escape_is_404);
+    TEST(test_sse_client_that_stops_reading_is_dropped);
+    TEST(test_disconnect_while_waiting_calls_on_abort);
+    TEST(test_disconnect_mid_body_calls_on_abort);
+    client_done = 1;
+    return NULL;
+}
+
+static void poll_done(evutil_socket_t fd, short w, void *arg)
+{
+    (void)fd;
+    (void)w;
+    (void)arg;
+    if (client_done) event_base_loopexit(base, NULL);
+}
+
+int main(void)
+{
+    base = event_base_new();
+    reap_init(base);
+    struct http_server_opts o = {.host = "127.0.0.1",
+                                 .port = 0,
+                                 .max_conns = 100,
+                                 .max_header_bytes = 8192,
+                                 .max_json_bytes = 65536,
+                                 .header_timeout_s = 5,
+                                 .idle_timeout_s = 5,
+                                 .body_timeout_s = 5,
+                                 .sse_max_queued = 65536};
+    srv = http_server_new(base, &o);
+    struct http_route_opts stream = {.body = HTTP_BODY_STREAM};
+    http_route(srv, "POST", "/stream", h_stream, &stream);
+    http_route(srv, "GET", "/chunked", h_chunked, NULL);
+    http_route(srv, "GET", "/p/:a/:b", h_param, NULL);
+    http_route(srv, "GET", "/sse", h_sse, NULL);
+    http_route(srv, "GET", "/slow", h_slow, NULL);
+    if (http_server_listen(srv) != 0) return 1;
+    port = http_server_port(srv);
+    pthread_t th;
+    pthread_create(&th, NULL, client_main, NULL);
+    struct event *poll = event_new(base, -1, EV_PERSIST, poll_done, NULL);
+    struct timeval tv = {0, 20000};
+    event_add(poll, &tv);
+    event_base_dispatch(base);
+    pthread_join(th, NULL);
+    event_free(poll);
+    http_server_free(srv);
+    reap_flush();
+    event_base_free(base);
+    T_EXIT();
+}
