@@ -25,8 +25,7 @@ static const char *t_cur;
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
         if (!(cond)) {                                                                             \
-            if (!t_cur_failed)                                                                     \
-                printf("FAIL %s: %s:%d: %s\n", t_cur, __FILE__, __LINE__, #cond);                 \
+            if (!t_cur_failed) printf("FAIL %s: %s:%d: %s\n", t_cur, __FILE__, __LINE__, #cond);   \
             t_cur_failed = 1;                                                                      \
         }                                                                                          \
     } while (0)
@@ -35,7 +34,7 @@ static const char *t_cur;
         const char *t_a_ = (a), *t_b_ = (b);                                                       \
         if (!t_a_ || !t_b_ || strcmp(t_a_, t_b_) != 0) {                                           \
             if (!t_cur_failed)                                                                     \
-                printf("FAIL %s: %s:%d: \"%s\" != \"%s\"\n", t_cur, __FILE__, __LINE__,           \
+                printf("FAIL %s: %s:%d: \"%s\" != \"%s\"\n", t_cur, __FILE__, __LINE__,            \
                        t_a_ ? t_a_ : "(null)", t_b_ ? t_b_ : "(null)");                            \
             t_cur_failed = 1;                                                                      \
         }                                                                                          \
