@@ -193,7 +193,8 @@ def assert_error(status, js, want_status, want_code):
 
 def run_all(ns):
     """Runs, in file order, every function of the test module whose name
-    does not start with '_' (helpers do), then exits with the verdict."""
+    does not start with '_' (helpers do). The module then cleans up and
+    calls done(), which exits with the verdict."""
     import inspect
     fns = [f for n, f in ns.items() if inspect.isfunction(f) and f.__module__ == "__main__"
            and not n.startswith("_")]
