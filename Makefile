@@ -1,6 +1,6 @@
 # reeld build. `make` builds build/reeld; see README.md for the rest.
 CC      ?= cc
-PKGS    := libevent libevent_openssl libpq libcurl json-c
+PKGS    := libevent libevent_openssl libpq libcurl json-c libcmark-gfm libcmark-gfm-extensions
 LLHTTP  := /usr/share/llhttp
 LLHTTPI := /usr/share/include/llhttp
 

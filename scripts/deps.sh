@@ -4,13 +4,18 @@
 # the Dockerfile installs the same lists.
 set -euo pipefail
 BUILD_PKGS="build-essential pkg-config clang libclang-rt-14-dev libevent-dev libpq-dev
-  libcurl4-openssl-dev libjson-c-dev libmbedtls-dev node-llhttp"
+  libcurl4-openssl-dev libjson-c-dev libmbedtls-dev node-llhttp libcmark-gfm-dev
+  libcmark-gfm-extensions-dev"
 RUN_PKGS="postgresql-15 postgresql-client-15 ffmpeg"
 TEST_PKGS="python3 slowhttptest wrk nginx-light procps psmisc curl openssl jq"
 missing=()
 for p in $BUILD_PKGS $RUN_PKGS $TEST_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# The end-to-end clients (tus-js-client) run on Node.js; any node/npm on
+# PATH will do, else Debian's.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 [ ${#missing[@]} -eq 0 ] && exit 0
 echo "deps: installing ${missing[*]}" >&2
 SUDO=""
