@@ -1,6 +1,6 @@
 # reeld build. `make` builds build/reeld; see README.md for the rest.
 CC      ?= cc
-PKGS    := libevent libevent_openssl libpq libcurl json-c libcmark-gfm libcmark-gfm-extensions
+PKGS    := libevent libevent_openssl libpq libcurl json-c libcmark-gfm
 LLHTTP  := /usr/share/llhttp
 LLHTTPI := /usr/share/include/llhttp
 
@@ -11,7 +11,7 @@ OPT     ?= -O2 -g
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(HARDEN) -Iinclude -I$(LLHTTPI) \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(EXTRA_CFLAGS)
 LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) \
-           -lmbedtls -lmbedx509 -lmbedcrypto -lm $(EXTRA_LDLIBS)
+           -lcmark-gfm-extensions -lmbedtls -lmbedx509 -lmbedcrypto -lm $(EXTRA_LDLIBS)
 
 BUILD   ?= build
 SRC     := $(shell find src -name '*.c' | sort)
