@@ -371,9 +371,11 @@ static int cmd_serve(void)
 
     event_base_dispatch(app.base);
 
-    http_server_free(app.http);
-    auth_free(app.auth);
+    /* The pool goes first: its pending callbacks fail and answer their
+     * requests through a server that still exists. */
     db_pool_free(app.db);
+    auth_free(app.auth);
+    http_server_free(app.http);
     fetch_free(app.fetch);
     reap_flush();
     event_free(sigterm);

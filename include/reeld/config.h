@@ -44,6 +44,8 @@ extern struct config cfg;
 /* Reads every variable from the environment into cfg, applying defaults.
  * On a bad value returns -1 with one line naming the variable in err. */
 int config_load(char *err, size_t errlen);
+/* Releases the strings config_load allocated. */
+void config_free(void);
 /* Prints the variables with defaults and help text (for --help). */
 void config_help(FILE *out);
 /* Prints the README's Markdown table. */

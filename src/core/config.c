@@ -189,8 +189,22 @@ static int parse_one(const struct cvar *v, const char *val, char *err, size_t er
     return -1;
 }
 
+void config_free(void)
+{
+    char *base = (char *)&cfg;
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        enum ctype t = vars[i].type;
+        if (t == C_STR || t == C_SECRET || t == C_URL || t == C_ENUM || t == C_LISTEN) {
+            char **p = (char **)(base + vars[i].off);
+            free(*p);
+            *p = NULL;
+        }
+    }
+}
+
 int config_load(char *err, size_t errlen)
 {
+    config_free(); /* a reload replaces every value */
     for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
         const struct cvar *v = &vars[i];
         const char *val = getenv(v->name);
