@@ -264,10 +264,10 @@ static void on_hard_stop(evutil_socket_t fd, short what, void *arg)
     event_base_loopbreak(app.base);
 }
 
-static void observe(void *arg, const struct http_req *r, int status, int64_t ms)
+static void observe(void *arg, const struct http_req *r, int status, int64_t us)
 {
     (void)arg;
-    metrics_http(r->route ? r->route : "(none)", r->method, status, ms);
+    metrics_http(r->route ? r->route : "(none)", r->method, status, us);
 }
 
 static double g_conns(void)

@@ -63,7 +63,7 @@ struct http_req {
     const char *params[HTTP_MAX_PARAMS]; /* path parameters, percent-decoded */
     int nparams;
     char request_id[65];
-    int64_t start_ms;
+    int64_t start_us;         /* monotonic */
     int64_t content_length;   /* -1 when absent (chunked or none) */
     struct json_object *json; /* HTTP_BODY_JSON: the parsed body (owned by req) */
 
@@ -97,7 +97,7 @@ struct http_server_opts {
     int header_timeout_s, idle_timeout_s, body_timeout_s;
     int64_t sse_max_queued;
     /* Runs for every completed request (metrics). */
-    void (*observe)(void *arg, const struct http_req *r, int status, int64_t ms);
+    void (*observe)(void *arg, const struct http_req *r, int status, int64_t us);
     void *observe_arg;
 };
 

@@ -11,7 +11,7 @@ struct evbuffer;
 
 /* One completed HTTP request. route must outlive the process (router
  * patterns do). */
-void metrics_http(const char *route, const char *method, int status, int64_t ms);
+void metrics_http(const char *route, const char *method, int status, int64_t us);
 /* A named counter with one label value (e.g. "reeld_provider_calls_total",
  * "provider", "openai"); name/help/label must be string literals. */
 void metrics_count(const char *name, const char *help, const char *label, const char *value,

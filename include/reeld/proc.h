@@ -16,10 +16,10 @@ struct event_base;
 struct proc;
 
 struct proc_result {
-    int exited;        /* 1 when the child exited normally */
-    int status;        /* exit status, or the signal number when !exited */
-    int timed_out;     /* killed by the timeout */
-    const char *out;   /* collected stdout (NUL-terminated), "" when streamed */
+    int exited;      /* 1 when the child exited normally */
+    int status;      /* exit status, or the signal number when !exited */
+    int timed_out;   /* killed by the timeout */
+    const char *out; /* collected stdout (NUL-terminated), "" when streamed */
     size_t out_len;
     const char *err;   /* last bytes of stderr (NUL-terminated) */
     const char *error; /* NULL, or why it could not run / output too large */

@@ -14,7 +14,7 @@ struct auth_ctx;
 
 /* Columns a query selects (from "recordings r") for rec_json. */
 #define REC_COLS                                                                                   \
-    "r.id, r.org_id, r.user_id, r.title, r.description, r.status, r.error_stage, "                \
+    "r.id, r.org_id, r.user_id, r.title, r.description, r.status, r.error_stage, "                 \
     "r.error_message, r.content_type, r.size_bytes, r.duration_ms, api_ts(r.created_at), "         \
     "api_ts(r.updated_at), api_ts(r.completed_at), r.published, r.share_id, r.upload_offset, "     \
     "r.filename, api_ts(r.upload_expires_at), r.storage_key"

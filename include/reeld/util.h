@@ -8,8 +8,9 @@
 
 struct evbuffer;
 
-/* Monotonic and wall clocks in milliseconds. */
+/* Monotonic and wall clocks in milliseconds (and monotonic microseconds). */
 int64_t util_mono_ms(void);
+int64_t util_mono_us(void);
 int64_t util_wall_ms(void);
 
 /* Cryptographically secure random bytes (getrandom). Returns 0 or -1. */

@@ -45,8 +45,9 @@ static int nctr;
 static struct gauge gauge_tab[MAX_GAUGES];
 static int ngauge;
 
-void metrics_http(const char *route, const char *method, int status, int64_t ms)
+void metrics_http(const char *route, const char *method, int status, int64_t us)
 {
+    double ms = (double)us / 1000.0;
     int i;
     for (i = 0; i < nhttp; i++)
         if (http_tab[i].route == route && http_tab[i].status == status &&
@@ -67,9 +68,9 @@ void metrics_http(const char *route, const char *method, int status, int64_t ms)
     }
     struct hist *h = &hist_tab[i];
     for (size_t b = 0; b < NBUCKETS; b++)
-        if ((double)ms <= buckets_ms[b]) h->b[b]++;
+        if (ms <= buckets_ms[b]) h->b[b]++;
     h->count++;
-    h->sum_ms += (double)ms;
+    h->sum_ms += ms;
 }
 
 void metrics_count(const char *name, const char *help, const char *label, const char *value,

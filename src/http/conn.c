@@ -42,7 +42,7 @@ static struct http_req *req_new(struct http_conn *c)
     p->conn = c;
     p->out_hdrs = evbuffer_new();
     p->status = 0;
-    r->start_ms = util_mono_ms();
+    r->start_us = util_mono_us();
     r->content_length = -1;
     r->method = "GET";
     return r;
@@ -567,13 +567,13 @@ void http_conn_request_done(struct http_conn *c)
         log_str(l, "path", r->path);
         log_int(l, "status", rp->status);
         log_int(l, "bytes", rp->bytes_out);
-        log_dbl(l, "ms", (double)(util_mono_ms() - r->start_ms));
+        int64_t us = util_mono_us() - r->start_us;
+        log_dbl(l, "ms", (double)us / 1000.0);
         log_str(l, "request_id", r->request_id);
         if (r->log_user[0]) log_str(l, "user", r->log_user);
         if (r->log_org[0]) log_str(l, "org", r->log_org);
         log_end(l);
-        if (c->srv->o.observe)
-            c->srv->o.observe(c->srv->o.observe_arg, r, rp->status, util_mono_ms() - r->start_ms);
+        if (c->srv->o.observe) c->srv->o.observe(c->srv->o.observe_arg, r, rp->status, us);
         rp->conn = NULL;
         http_req_free(r);
     }

@@ -121,9 +121,9 @@ static double seven(void)
 static void test_metrics_render_prometheus_text(void)
 {
     static const char route[] = "/x/:id";
-    metrics_http(route, "GET", 200, 3);
-    metrics_http(route, "GET", 200, 30);
-    metrics_http(route, "GET", 404, 1);
+    metrics_http(route, "GET", 200, 3000);
+    metrics_http(route, "GET", 200, 30000);
+    metrics_http(route, "GET", 404, 1000);
     metrics_count("reeld_t_total", "Test.", "kind", "a", 2);
     metrics_gauge("reeld_t_gauge", "Gauge.", seven);
     struct evbuffer *b = evbuffer_new();
