@@ -623,6 +623,14 @@ static void conn_process(struct http_conn *c)
         /* HPE_USER: our callbacks already answered or closed. */
         if (err != HPE_USER && !c->dead) {
             evbuffer_drain(in, avail);
+            struct http_req *r = c->req;
+            if (r && r->priv->handler_called && !r->priv->finished) {
+                /* A malformed body under a streaming handler: the handler
+                 * owns the response, so it learns as from a hang-up
+                 * (on_body_end with an error, then on_abort). */
+                http_conn_close(c, "malformed request body");
+                return;
+            }
             local_error(c, 400, "invalid_request", llhttp_errno_name(err));
         }
         if (!c->closed && !c->dead) {

@@ -352,6 +352,20 @@ static void test_disconnect_mid_body_calls_on_abort(void)
     CHECK(aborts == before + 1);
 }
 
+static void test_malformed_chunked_body_aborts_the_streaming_handler(void)
+{
+    int before = aborts;
+    int fd = dial();
+    const char *req = "POST /stream HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                      "zz\r\n";
+    send_all(fd, req, strlen(req));
+    read_all(fd, resp, sizeof resp); /* the server closes */
+    close(fd);
+    for (int i = 0; i < 40 && aborts == before; i++)
+        usleep(25000);
+    CHECK(aborts == before + 1);
+}
+
 static volatile int client_done;
 
 static void *client_main(void *arg)
@@ -368,6 +382,7 @@ static void *client_main(void *arg)
     TEST(test_sse_client_that_stops_reading_is_dropped);
     TEST(test_disconnect_while_waiting_calls_on_abort);
     TEST(test_disconnect_mid_body_calls_on_abort);
+    TEST(test_malformed_chunked_body_aborts_the_streaming_handler);
     client_done = 1;
     return NULL;
 }
