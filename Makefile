@@ -65,6 +65,9 @@ fmt-check:
 fuzz:
 	@scripts/fuzz.sh $(FUZZ_SECONDS)
 
+bench: all
+	@bench/run http
+
 clean:
 	rm -rf build build-asan build-fuzz
 

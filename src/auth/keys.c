@@ -73,6 +73,7 @@ static void jwks_done(void *arg, const struct fetch_resp *resp)
         if (ks) {
             jwt_keyset_free(a->keys);
             a->keys = ks;
+            auth_cache_clear(); /* cached verdicts were for the old keys */
             a->loaded_ms = util_mono_ms();
             struct log_line *l = log_begin(LOG_INFO, "jwks loaded");
             log_int(l, "keys", jwt_keyset_count(ks));

@@ -37,6 +37,18 @@ def expired_token_is_401():
     assert_error(st, js, 401, "unauthenticated")
 
 
+def cached_token_still_expires_on_time():
+    # exp 58 s ago: valid for two more seconds within the 60 s skew. The
+    # first use verifies and caches the verdict; after expiry the cached
+    # verdict must not be used.
+    t = r.token("cache-expiry", ttl=-58)
+    r.post("/api/organizations", {"name": "Cache Expiry"}, token=t)
+    eq(r.get("/api/organizations/current", token=t)[0], 200, "while valid")
+    time.sleep(3)
+    st, js, _, _ = r.get("/api/organizations/current", token=t)
+    assert_error(st, js, 401, "unauthenticated")
+
+
 def token_signed_by_another_key_is_401():
     other = Reeld(db=r.db)  # a different data dir has a different dev key
     t = other.token("stranger")
