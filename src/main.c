@@ -324,7 +324,12 @@ static int cmd_serve(void)
     if (!fetch_async_dns())
         log_msg(LOG_WARN, "libcurl resolves names synchronously: DNS lookups may stall the loop",
                 NULL, NULL);
-    struct db_pool_opts dbo = {.conninfo = conninfo,
+    static char pinned[sizeof conninfo + 64];
+    if (db_conninfo_pin(conninfo, pinned, sizeof pinned) != 0) {
+        fprintf(stderr, "reeld: DATABASE_URL: cannot use it (see the log line above)\n");
+        return 1;
+    }
+    struct db_pool_opts dbo = {.conninfo = pinned,
                                .size = cfg.db_pool,
                                .connect_timeout_ms = 5000,
                                .queue_timeout_ms = 5000};

@@ -125,6 +125,15 @@ typedef void (*db_reconnect_cb)(void *arg);
 int db_listen(struct db_pool *p, const char *channel, db_notify_cb on_notify,
               db_reconnect_cb on_reconnect, void *arg);
 
+/* libpq resolves a host name with a blocking call on every connect, and
+ * the pool reconnects from the loop. This resolves it once, at start-up
+ * (before the loop runs), and writes conninfo with hostaddr added (libpq
+ * then connects without resolving and still checks TLS against host).
+ * Socket paths, numeric hosts, host lists and an explicit hostaddr are
+ * left alone. A moved database host is followed on restart. Returns 0, or
+ * -1 (logged) when the conninfo is bad or the host does not resolve. */
+int db_conninfo_pin(const char *conninfo, char *out, size_t outlen);
+
 /* Health and metrics. */
 struct db_stats {
     int conns_total, conns_ready;

@@ -77,6 +77,23 @@ def client_gone_while_waiting_on_database_is_dropped_safely():
         raise AssertionError("reeld died")
 
 
+def database_host_name_is_resolved_once_at_start():
+    # libpq would resolve "localhost" on every reconnect, from the loop;
+    # reeld pins the address at start-up instead.
+    url = f"host=localhost port={os.environ['REELD_TEST_PGPORT']} user=reeld dbname={r.db}"
+    r3 = Reeld(db=r.db, env={"DATABASE_URL": url}).start()
+    try:
+        deadline = time.time() + 10
+        while r3.get("/readyz")[0] != 200:
+            if time.time() > deadline:
+                raise AssertionError("not ready: " + r3.log()[-600:])
+            time.sleep(0.1)
+        if '"msg":"database host pinned"' not in r3.log():
+            raise AssertionError("no pinned address logged")
+    finally:
+        r3.stop()
+
+
 def sigterm_drains_in_flight_requests_and_exits():
     r2 = Reeld(db=r.db, env={"REELD_SHUTDOWN_GRACE": "8"}).start()
     t2 = r2.token("drain-user")
