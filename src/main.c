@@ -25,6 +25,9 @@
 #include "reeld/metrics.h"
 #include "reeld/migrate.h"
 #include "reeld/reap.h"
+#include "reeld/proc.h"
+#include "reeld/signurl.h"
+#include "reeld/storage.h"
 #include "reeld/util.h"
 
 #define REELD_VERSION "0.1.0"
@@ -339,6 +342,11 @@ static int cmd_serve(void)
         fprintf(stderr, "reeld: %s\n", app.auth ? "cannot start" : err);
         return 1;
     }
+    if (signurl_init(cfg.data_dir, err, sizeof err) != 0 ||
+        storage_init(app.base, cfg.data_dir, err, sizeof err) != 0) {
+        fprintf(stderr, "reeld: %s\n", err);
+        return 1;
+    }
     struct http_server_opts ho = {.host = cfg.listen_host,
                                   .port = cfg.listen_port,
                                   .max_conns = cfg.max_conns,
@@ -376,9 +384,15 @@ static int cmd_serve(void)
 
     event_base_dispatch(app.base);
 
-    /* The pool goes first: its pending callbacks fail and answer their
-     * requests through a server that still exists. */
+    /* Children and pending syncs first (a sync's callback records an
+     * upload's durable offset through the pool), then the pool, whose
+     * pending callbacks fail and answer their requests through a server
+     * that still exists. */
+    proc_shutdown();
+    storage_shutdown();
+    reap_flush();
     db_pool_free(app.db);
+    app.db = NULL; /* late callbacks find no pool: db_query returns NULL */
     auth_free(app.auth);
     http_server_free(app.http);
     fetch_free(app.fetch);

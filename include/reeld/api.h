@@ -33,5 +33,9 @@ void api_json_add_str(struct json_object *o, const char *k, const char *s);
 struct http_server;
 void api_ops_routes(struct http_server *s);
 void api_org_routes(struct http_server *s);
+void api_media_routes(struct http_server *s);
+void api_share_routes(struct http_server *s);
+void api_recording_routes(struct http_server *s);
+void api_upload_routes(struct http_server *s);
 
 #endif

@@ -37,6 +37,7 @@ struct config {
     int header_timeout_s, idle_timeout_s, body_timeout_s;
     int64_t sse_max_queued;
     int shutdown_grace_s;
+    int upload_sweep_s;
 };
 
 extern struct config cfg;

@@ -9,4 +9,8 @@ void api_register(struct http_server *s)
 {
     api_ops_routes(s);
     api_org_routes(s);
+    api_media_routes(s);
+    api_share_routes(s);
+    api_recording_routes(s);
+    api_upload_routes(s);
 }

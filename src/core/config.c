@@ -99,6 +99,8 @@ static const struct cvar vars[] = {
      "bytes queued to one SSE client before it is dropped"},
     {"REELD_SHUTDOWN_GRACE", C_INT, "8", F(shutdown_grace_s), 1, 60, NULL,
      "seconds to finish in-flight requests on SIGTERM"},
+    {"REELD_UPLOAD_SWEEP_S", C_INT, "60", F(upload_sweep_s), 1, 86400, NULL,
+     "seconds between sweeps of expired uploads"},
 };
 #undef F
 
