@@ -48,6 +48,7 @@ struct http_req_priv {
     struct arena_blk *arena;
     int status;
     int64_t bytes_out;
+    int64_t declared_len; /* Content-Length of a streamed response, -1 chunked */
     unsigned headers_done : 1, message_done : 1, handler_called : 1, finished : 1,
         response_started : 1, chunked : 1, head : 1, keep_alive : 1, expect_continue : 1,
         continue_sent : 1, aborted : 1, sse : 1, body_paused : 1, counted_stream : 1,

@@ -238,6 +238,7 @@ int http_stream_start(struct http_req *r, int status, const char *ctype, int64_t
     struct http_req_priv *rp = r->priv;
     if (rp->finished || rp->response_started) return -1;
     write_head(r, status, ctype, content_length);
+    rp->declared_len = content_length;
     if (rp->head) {
         http_req_finish(r);
         return -1;
@@ -274,6 +275,10 @@ void http_stream_end(struct http_req *r)
         http_reply_error(r, 500, "internal", "stream ended before it started");
         return;
     }
+    /* Fewer bytes than the Content-Length promised: only closing the
+     * connection tells the client the body is cut short. */
+    if (!rp->chunked && rp->declared_len >= 0 && rp->bytes_out < rp->declared_len && rp->conn)
+        rp->conn->closing = 1;
     http_req_finish(r);
 }
 

@@ -2,9 +2,11 @@
 against its own database in the test cluster (tests/run starts the cluster
 and exports REELD_TEST_PGURL / REELD_TEST_PGDIR / REELD_TEST_PGPORT), HTTP
 helpers, and the PASS/FAIL line protocol tests/run counts."""
+import atexit
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -94,6 +96,16 @@ class Reeld:
             self.env.update(env)
         self.proc = None
         self.logf = open(os.path.join(self.tmp, "reeld.log"), "w+")
+        atexit.register(self._cleanup)
+
+    def _cleanup(self):
+        """At exit: stop the process if still running, remove the data dir
+        (kept when REELD_TEST_KEEP is set, for a look after a failure)."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if not os.environ.get("REELD_TEST_KEEP"):
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
     def start(self, timeout=20):
         self.proc = subprocess.Popen([BIN, "serve"], env=self.env, stdout=subprocess.PIPE,

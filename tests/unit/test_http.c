@@ -89,6 +89,14 @@ static void h_chunked(struct http_req *r)
     http_stream_end(r);
 }
 
+/* Promises 100 bytes, sends 10, ends. */
+static void h_short(struct http_req *r)
+{
+    http_stream_start(r, 200, "text/plain", 100);
+    http_stream_write(r, "0123456789", 10);
+    http_stream_end(r);
+}
+
 static void h_param(struct http_req *r)
 {
     char buf[256];
@@ -189,12 +197,16 @@ static void send_all(int fd, const void *p, size_t n)
     }
 }
 
-/* Reads until close; returns bytes read into buf (NUL-terminated). */
+/* Reads until close; returns bytes read into buf (NUL-terminated).
+ * last_eof tells whether it ended on the server's close (not a timeout). */
+static int last_eof;
 static size_t read_all(int fd, char *buf, size_t cap)
 {
     size_t n = 0;
+    last_eof = 0;
     for (;;) {
         ssize_t r = recv(fd, buf + n, cap - 1 - n, 0);
+        last_eof = r == 0;
         if (r <= 0) break;
         n += (size_t)r;
         if (n + 1 >= cap) break;
@@ -272,6 +284,18 @@ static void test_chunked_response_is_framed(void)
     close(fd);
     CHECK(strstr(resp, "Transfer-Encoding: chunked") != NULL);
     CHECK(strstr(resp, "\r\n\r\n6\r\nhello \r\n6\r\nhello \r\n6\r\nhello \r\n0\r\n\r\n") != NULL);
+}
+
+static void test_short_content_length_stream_closes_the_connection(void)
+{
+    int fd = dial();
+    const char *req = "GET /short HTTP/1.1\r\nHost: x\r\n\r\n"; /* keep-alive */
+    send_all(fd, req, strlen(req));
+    size_t n = read_all(fd, resp, sizeof resp); /* returns only when the server closes */
+    close(fd);
+    CHECK(last_eof); /* closed by the server, not our receive timeout */
+    CHECK(strstr(resp, "Content-Length: 100\r\n") != NULL);
+    CHECK(n > 10 && strcmp(resp + n - 10, "0123456789") == 0);
 }
 
 static void test_head_sends_no_body(void)
@@ -376,6 +400,7 @@ static void *client_main(void *arg)
     TEST(test_chunked_request_body_streams);
     TEST(test_expect_continue_on_stream_route);
     TEST(test_chunked_response_is_framed);
+    TEST(test_short_content_length_stream_closes_the_connection);
     TEST(test_head_sends_no_body);
     TEST(test_router_params_are_decoded);
     TEST(test_bad_percent_escape_is_404);
@@ -405,13 +430,14 @@ int main(void)
                                  .max_header_bytes = 8192,
                                  .max_json_bytes = 65536,
                                  .header_timeout_s = 5,
-                                 .idle_timeout_s = 5,
+                                 .idle_timeout_s = 30, /* longer than the clients' 10 s waits */
                                  .body_timeout_s = 5,
                                  .sse_max_queued = 65536};
     srv = http_server_new(base, &o);
     struct http_route_opts stream = {.body = HTTP_BODY_STREAM};
     http_route(srv, "POST", "/stream", h_stream, &stream);
     http_route(srv, "GET", "/chunked", h_chunked, NULL);
+    http_route(srv, "GET", "/short", h_short, NULL);
     http_route(srv, "GET", "/p/:a/:b", h_param, NULL);
     http_route(srv, "GET", "/sse", h_sse, NULL);
     http_route(srv, "GET", "/slow", h_slow, NULL);
