@@ -35,7 +35,7 @@ struct http_server;
 struct http_conn;
 struct http_req;
 
-#define HTTP_BODY_PIECE 65536
+#define HTTP_BODY_PIECE 262144
 #define HTTP_MAX_PARAMS 4
 
 enum http_body_mode { HTTP_BODY_NONE, HTTP_BODY_JSON, HTTP_BODY_STREAM };

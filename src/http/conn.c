@@ -6,6 +6,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <event2/buffer.h>
@@ -478,6 +479,7 @@ static void conn_free_now(void *obj)
     struct http_conn *c = obj;
     if (c->timer) event_free(c->timer);
     if (c->kick) event_free(c->kick);
+    if (c->body_ev) event_free(c->body_ev);
     if (c->acc) evbuffer_free(c->acc);
     free(c);
 }
@@ -517,6 +519,7 @@ void http_conn_close(struct http_conn *c, const char *why)
     }
     if (c->timer) event_del(c->timer);
     if (c->kick) event_del(c->kick);
+    if (c->body_ev) event_del(c->body_ev);
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -545,6 +548,10 @@ static void conn_finish_output(struct http_conn *c)
     if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
         return; /* write_cb comes back here */
     c->lingering = 1;
+    if (c->direct_mode) {
+        event_del(c->body_ev);
+        c->direct_mode = 0;
+    }
     shutdown(bufferevent_getfd(c->bev), SHUT_WR);
     bufferevent_setcb(c->bev, linger_read_cb, NULL, event_cb, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
@@ -585,9 +592,86 @@ void http_conn_request_done(struct http_conn *c)
     http_conn_kick(c);
 }
 
+/* libevent 2.1 reads at most 4 KiB per read(2) (EVBUFFER_MAX_READ), so a
+ * streamed upload would cost a syscall, a loop turn and a handler call
+ * per 4 KiB. While a streaming body is in progress and nothing is
+ * buffered, read straight into reserved buffer space in large gulps.
+ * Returns bytes read, 0 when the socket has nothing now, -1 when the
+ * connection was closed here (EOF or error). */
+#define DIRECT_READ 262144
+static ssize_t direct_body_read(struct http_conn *c, struct evbuffer *in)
+{
+    struct evbuffer_iovec v[2];
+    /* bufferevent_socket keeps the end of its input frozen except while
+     * it reads; do as it does */
+    evbuffer_unfreeze(in, 0);
+    int nv = evbuffer_reserve_space(in, DIRECT_READ, v, 2);
+    if (nv <= 0) {
+        evbuffer_freeze(in, 0);
+        return 0;
+    }
+    struct iovec iov[2];
+    for (int i = 0; i < nv; i++) {
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len;
+    }
+    ssize_t n = readv(bufferevent_getfd(c->bev), iov, nv);
+    if (n <= 0) {
+        int again = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+        evbuffer_commit_space(in, v, 0);
+        evbuffer_freeze(in, 0);
+        if (again) return 0;
+        http_conn_close(c, n == 0 ? "client disconnected" : "connection error");
+        return -1;
+    }
+    size_t left = (size_t)n;
+    for (int i = 0; i < nv; i++) {
+        size_t take = left < v[i].iov_len ? left : v[i].iov_len;
+        v[i].iov_len = take;
+        left -= take;
+    }
+    evbuffer_commit_space(in, v, nv);
+    evbuffer_freeze(in, 0);
+    return n;
+}
+
+static int streaming_body(const struct http_conn *c)
+{
+    const struct http_req *r = c->req;
+    return r && r->priv->headers_done && !r->priv->message_done && !r->priv->finished &&
+           !r->priv->body_paused && r->priv->rt && r->priv->rt->o.body == HTTP_BODY_STREAM;
+}
+
+/* While a streamed body flows, the socket is read by body_ev in large
+ * gulps instead of by the bufferevent (whose reads are 4 KiB); the
+ * bufferevent takes over again for everything else. */
+static void conn_sync_read_mode(struct http_conn *c)
+{
+    if (c->closed || c->dead || !c->bev) return;
+    int want = streaming_body(c);
+    if (want == (int)c->direct_mode) return;
+    if (want) {
+        bufferevent_disable(c->bev, EV_READ);
+        event_add(c->body_ev, NULL);
+    } else {
+        event_del(c->body_ev);
+        bufferevent_enable(c->bev, EV_READ);
+    }
+    c->direct_mode = (unsigned)want;
+}
+
+static void conn_process_inner(struct http_conn *c);
+
 static void conn_process(struct http_conn *c)
 {
+    conn_process_inner(c);
+    conn_sync_read_mode(c);
+}
+
+static void conn_process_inner(struct http_conn *c)
+{
     struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t direct = 0; /* bounded per turn, so one upload cannot starve others */
     while (!c->closed && !c->dead) {
         int resumed = 0;
         if (c->parser_paused) {
@@ -603,7 +687,13 @@ static void conn_process(struct http_conn *c)
         /* After a pause inside a body the parser may owe callbacks that
          * need no input (the message end right after the last body
          * byte): run it once on nothing. */
-        if (avail == 0 && !resumed) return;
+        if (avail == 0 && !resumed) {
+            if (!streaming_body(c) || direct >= 8 * DIRECT_READ) return;
+            ssize_t got = direct_body_read(c, in);
+            if (got <= 0) return;
+            direct += (size_t)got;
+            continue;
+        }
         size_t n = avail < HTTP_BODY_PIECE ? avail : HTTP_BODY_PIECE;
         const char *data = n ? (const char *)evbuffer_pullup(in, (ssize_t)n) : "";
         c->in_execute = 1;
@@ -643,6 +733,14 @@ static void conn_process(struct http_conn *c)
 }
 
 static void kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_conn *c = arg;
+    if (!c->closed && !c->dead) conn_process(c);
+}
+
+static void body_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)fd;
     (void)what;
@@ -798,7 +896,8 @@ int http_server_adopt(struct http_server *s, int fd)
     c->acc = evbuffer_new();
     c->timer = evtimer_new(s->base, timer_cb, c);
     c->kick = event_new(s->base, -1, 0, kick_cb, c);
-    if (!c->bev || !c->acc || !c->timer || !c->kick) {
+    c->body_ev = event_new(s->base, fd, EV_READ | EV_PERSIST, body_read_cb, c);
+    if (!c->bev || !c->acc || !c->timer || !c->kick || !c->body_ev) {
         if (c->bev)
             bufferevent_free(c->bev);
         else

@@ -67,10 +67,12 @@ struct http_conn {
     int last_was_value;
     size_t header_bytes;
     struct event *timer;
-    struct event *kick; /* deferred input processing */
+    struct event *kick;    /* deferred input processing */
+    struct event *body_ev; /* readable socket while a streamed body flows */
     enum conn_timer tmode;
     char peer[64];
-    unsigned closing : 1, closed : 1, parser_paused : 1, in_execute : 1, dead : 1, lingering : 1;
+    unsigned closing : 1, closed : 1, parser_paused : 1, in_execute : 1, dead : 1, lingering : 1,
+        direct_mode : 1;
     struct http_conn *prev, *next;
 };
 
