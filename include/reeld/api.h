@@ -23,6 +23,13 @@ int api_need_object(struct http_req *r);
 /* 503 when the database failed, 500 otherwise; logs the detail. */
 void api_db_error(struct http_req *r, const char *err, const char *sqlstate);
 
+/* The common ending of a one-row lookup: answers the database error
+ * (api_db_error) or 404 not_found with message when res has no single
+ * row, and returns -1; returns 0 when there is exactly one row. */
+struct db_res;
+int api_one_row(struct http_req *r, const struct db_res *res, const char *err,
+                const char *sqlstate, const char *message);
+
 /* Timestamps leave the database already formatted by the SQL function
  * api_ts(timestamptz) (schema/002_api.sql): RFC 3339 UTC with ms. */
 
@@ -37,5 +44,6 @@ void api_media_routes(struct http_server *s);
 void api_share_routes(struct http_server *s);
 void api_recording_routes(struct http_server *s);
 void api_upload_routes(struct http_server *s);
+void api_events_routes(struct http_server *s);
 
 #endif

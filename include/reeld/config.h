@@ -36,6 +36,7 @@ struct config {
     int64_t max_json_bytes;
     int header_timeout_s, idle_timeout_s, body_timeout_s;
     int64_t sse_max_queued;
+    int sse_heartbeat_s;
     int shutdown_grace_s;
     int upload_sweep_s;
 };

@@ -6,6 +6,7 @@
 #include <json-c/json.h>
 
 #include "reeld/api.h"
+#include "reeld/db.h"
 #include "reeld/http.h"
 #include "reeld/log.h"
 #include "reeld/util.h"
@@ -89,6 +90,20 @@ void api_db_error(struct http_req *r, const char *err, const char *sqlstate)
         http_reply_error(r, 503, "unavailable", "database unavailable, try again");
     else
         http_reply_error(r, 500, "internal", "internal error");
+}
+
+int api_one_row(struct http_req *r, const struct db_res *res, const char *err, const char *sqlstate,
+                const char *message)
+{
+    if (err) {
+        api_db_error(r, err, sqlstate);
+        return -1;
+    }
+    if (db_nrows(res) != 1) {
+        http_reply_error(r, 404, "not_found", message);
+        return -1;
+    }
+    return 0;
 }
 
 void api_json_add_str(struct json_object *o, const char *k, const char *s)

@@ -290,14 +290,7 @@ static void video_send(struct http_req *r, const struct db_res *res)
 static void video_loaded(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
 {
     struct http_req *r = arg;
-    if (err) {
-        api_db_error(r, err, sqlstate);
-        return;
-    }
-    if (db_nrows(res) != 1) {
-        http_reply_error(r, 404, "not_found", "recording not found");
-        return;
-    }
+    if (api_one_row(r, res, err, sqlstate, "recording not found") != 0) return;
     video_send(r, res);
 }
 

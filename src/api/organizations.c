@@ -196,14 +196,7 @@ static void current_org_done(void *arg, const struct db_res *res, const char *er
                              const char *sqlstate)
 {
     struct current_state *st = arg;
-    if (err) {
-        api_db_error(st->r, err, sqlstate);
-        return;
-    }
-    if (db_nrows(res) != 1) {
-        http_reply_error(st->r, 404, "not_found", "organization not found");
-        return;
-    }
+    if (api_one_row(st->r, res, err, sqlstate, "organization not found") != 0) return;
     st->out = json_object_new_object();
     json_object_object_add(st->out, "organization",
                            org_json(res, 0, st->admin ? "admin" : "member"));

@@ -119,14 +119,7 @@ static void publish_loaded(void *arg, const struct db_res *res, const char *err,
 {
     struct publish *st = arg;
     struct http_req *r = st->r;
-    if (err) {
-        api_db_error(r, err, sqlstate);
-        return;
-    }
-    if (db_nrows(res) != 1) {
-        http_reply_error(r, 404, "not_found", "recording not found");
-        return;
-    }
+    if (api_one_row(r, res, err, sqlstate, "recording not found") != 0) return;
     if (!rec_may_modify(&st->ctx, res, 0)) {
         http_reply_error(r, 403, "forbidden", "only the owner or an admin may publish");
         return;
@@ -322,14 +315,7 @@ static void page_json(struct http_req *r, const struct db_res *res, const char *
 static void page_loaded(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
 {
     struct http_req *r = arg;
-    if (err) {
-        api_db_error(r, err, sqlstate);
-        return;
-    }
-    if (db_nrows(res) != 1) {
-        http_reply_error(r, 404, "not_found", "no such shared recording");
-        return;
-    }
+    if (api_one_row(r, res, err, sqlstate, "no such shared recording") != 0) return;
     char url[1024];
     const char *video_url = NULL;
     const char *status = db_str(res, 0, P_STATUS);

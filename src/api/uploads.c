@@ -967,14 +967,7 @@ static void terminated(void *arg, int status, const char *err, const char *sqlst
 static void term_loaded(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
 {
     struct http_req *r = arg;
-    if (err) {
-        api_db_error(r, err, sqlstate);
-        return;
-    }
-    if (db_nrows(res) != 1) {
-        http_reply_error(r, 404, "not_found", "upload not found");
-        return;
-    }
+    if (api_one_row(r, res, err, sqlstate, "upload not found") != 0) return;
     const struct auth_ctx *ctx = r->data;
     if (!rec_may_modify(ctx, res, 0)) {
         http_reply_error(r, 403, "forbidden", "only the owner or an admin may terminate it");

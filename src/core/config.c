@@ -97,6 +97,8 @@ static const struct cvar vars[] = {
      "seconds without body progress before the request fails"},
     {"REELD_SSE_MAX_QUEUED", C_I64, "262144", F(sse_max_queued), 4096, 1073741824, NULL,
      "bytes queued to one SSE client before it is dropped"},
+    {"REELD_SSE_HEARTBEAT_S", C_INT, "15", F(sse_heartbeat_s), 1, 3600, NULL,
+     "seconds between SSE heartbeat comments"},
     {"REELD_SHUTDOWN_GRACE", C_INT, "8", F(shutdown_grace_s), 1, 60, NULL,
      "seconds to finish in-flight requests on SIGTERM"},
     {"REELD_UPLOAD_SWEEP_S", C_INT, "60", F(upload_sweep_s), 1, 86400, NULL,

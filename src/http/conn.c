@@ -498,6 +498,10 @@ void http_conn_close(struct http_conn *c, const char *why)
     c->req = NULL;
     if (r) {
         struct http_req_priv *rp = r->priv;
+        if (rp->counted_stream) { /* the finish that follows has no conn */
+            s->st.streams_open--;
+            rp->counted_stream = 0;
+        }
         rp->conn = NULL;
         rp->aborted = 1;
         if (!rp->handler_called || rp->finished) {

@@ -345,6 +345,9 @@ static void test_sse_client_that_stops_reading_is_dropped(void)
     for (int i = 0; i < 100 && sse_dropped == before; i++)
         usleep(50000);
     CHECK(sse_dropped == before + 1);
+    struct http_stats st;
+    http_server_stats(srv, &st);
+    CHECK(st.streams_open == 0); /* the gauge comes back down */
     close(fd);
 }
 
