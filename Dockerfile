@@ -1,7 +1,8 @@
 # reeld on Debian bookworm, in two stages. The package lists mirror
 # scripts/deps.sh: the build stage installs its BUILD_PKGS, the runtime
 # stage only the shared libraries build/reeld links against (libevent,
-# libpq, libcurl, json-c, mbedTLS) plus ffmpeg. Keep them in step with it.
+# libpq, libcurl, json-c, mbedTLS, cmark-gfm, pocketsphinx and its
+# en-us model) plus ffmpeg. Keep them in step with it.
 #
 #   docker build -t reeld .
 #   docker run -p 8080:8080 -e DATABASE_URL=postgresql://user:pass@db/reeld reeld
@@ -16,7 +17,8 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       build-essential pkg-config clang libclang-rt-14-dev libevent-dev libpq-dev \
-      libcurl4-openssl-dev libjson-c-dev libmbedtls-dev node-llhttp \
+      libcurl4-openssl-dev libjson-c-dev libmbedtls-dev node-llhttp libcmark-gfm-dev \
+      libcmark-gfm-extensions-dev libpocketsphinx-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -29,7 +31,9 @@ ENV DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
  && apt-get install -y --no-install-recommends \
       libevent-2.1-7 libevent-openssl-2.1-7 libpq5 libcurl4 libjson-c5 \
-      libmbedtls14 libmbedcrypto7 libmbedx509-1 ffmpeg ca-certificates curl \
+      libmbedtls14 libmbedcrypto7 libmbedx509-1 libcmark-gfm0.29.0.gfm.6 \
+      libcmark-gfm-extensions0.29.0.gfm.6 libpocketsphinx3 libsphinxbase3 pocketsphinx-en-us \
+      ffmpeg ca-certificates curl \
  && rm -rf /var/lib/apt/lists/*
 # The binary finds its migrations in <bindir>/../share/reeld/schema.
 COPY --from=build /src/build/reeld /usr/local/bin/reeld

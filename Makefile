@@ -10,7 +10,7 @@ HARDEN  := -D_FORTIFY_SOURCE=2 -fstack-protector-strong
 OPT     ?= -O2 -g
 CFLAGS  := -std=c11 -D_GNU_SOURCE $(OPT) $(WARN) $(HARDEN) -Iinclude -I$(LLHTTPI) \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(EXTRA_CFLAGS)
-LDLIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null) \
+LDLIBS  := $(shell pkg-config --libs $(PKGS) pocketsphinx 2>/dev/null) \
            -lcmark-gfm-extensions -lmbedtls -lmbedx509 -lmbedcrypto -lm $(EXTRA_LDLIBS)
 
 BUILD   ?= build
@@ -30,6 +30,10 @@ $(BUILD)/reeld: $(OBJ) $(LLOBJ)
 $(BUILD)/obj/%.o: %.c $(wildcard include/reeld/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -c -o $@ $<
+
+# pocketsphinx's include path holds an err.h that would hide glibc's:
+# only the recognizer sees it.
+$(BUILD)/obj/src/asr/asr.o: CFLAGS += $(shell pkg-config --cflags pocketsphinx 2>/dev/null)
 
 # llhttp is generated code: build it without our warning set.
 $(BUILD)/obj/llhttp/%.o: $(LLHTTP)/%.c

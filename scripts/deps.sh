@@ -5,9 +5,9 @@
 set -euo pipefail
 BUILD_PKGS="build-essential pkg-config clang libclang-rt-14-dev libevent-dev libpq-dev
   libcurl4-openssl-dev libjson-c-dev libmbedtls-dev node-llhttp libcmark-gfm-dev
-  libcmark-gfm-extensions-dev"
-RUN_PKGS="postgresql-15 postgresql-client-15 ffmpeg"
-TEST_PKGS="python3 slowhttptest wrk nginx-light procps psmisc curl openssl jq libopenblas-dev"
+  libcmark-gfm-extensions-dev libpocketsphinx-dev"
+RUN_PKGS="postgresql-15 postgresql-client-15 ffmpeg pocketsphinx-en-us"
+TEST_PKGS="python3 slowhttptest wrk nginx-light procps psmisc curl openssl jq libopenblas-dev flite"
 missing=()
 for p in $BUILD_PKGS $RUN_PKGS $TEST_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

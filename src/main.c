@@ -15,6 +15,7 @@
 #include <json-c/json.h>
 
 #include "reeld/app.h"
+#include "reeld/asr.h"
 #include "reeld/auth.h"
 #include "reeld/config.h"
 #include "reeld/db.h"
@@ -44,6 +45,7 @@ static void usage(FILE *out)
                  "                                 print a dev JWT (REELD_AUTH=dev only)\n"
                  "       reeld config-table        print the configuration as a Markdown table\n"
                  "       reeld routes              list the HTTP routes\n"
+                 "       reeld asr                 PCM s16le 16 kHz mono on stdin -> JSON words\n"
                  "       reeld --help | --version\n\n");
     config_help(out);
 }
@@ -419,6 +421,7 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "routes") == 0) return cmd_routes();
+    if (strcmp(cmd, "asr") == 0) return asr_main(argc - 1, argv + 1);
     if (strcmp(cmd, "config-table") == 0) {
         config_markdown(stdout);
         return 0;
