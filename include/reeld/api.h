@@ -27,8 +27,8 @@ void api_db_error(struct http_req *r, const char *err, const char *sqlstate);
  * (api_db_error) or 404 not_found with message when res has no single
  * row, and returns -1; returns 0 when there is exactly one row. */
 struct db_res;
-int api_one_row(struct http_req *r, const struct db_res *res, const char *err,
-                const char *sqlstate, const char *message);
+int api_one_row(struct http_req *r, const struct db_res *res, const char *err, const char *sqlstate,
+                const char *message);
 
 /* Timestamps leave the database already formatted by the SQL function
  * api_ts(timestamptz) (schema/002_api.sql): RFC 3339 UTC with ms. */

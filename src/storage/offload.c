@@ -27,8 +27,8 @@ static struct {
     pthread_mutex_t mu;
     pthread_cond_t cond;
     int stopping;
-    struct offload_job *todo, **todo_tail; /* loop → thread */
-    struct offload_job *done, **done_tail; /* thread → loop */
+    struct offload_job *queued, **queued_tail; /* loop → thread */
+    struct offload_job *done, **done_tail;     /* thread → loop */
 } ol = {.efd = -1, .mu = PTHREAD_MUTEX_INITIALIZER, .cond = PTHREAD_COND_INITIALIZER};
 
 static void poke_loop(void)
@@ -44,12 +44,12 @@ static void *thread_main(void *arg)
     (void)arg;
     pthread_mutex_lock(&ol.mu);
     for (;;) {
-        while (!ol.todo && !ol.stopping)
+        while (!ol.queued && !ol.stopping)
             pthread_cond_wait(&ol.cond, &ol.mu);
-        struct offload_job *j = ol.todo;
+        struct offload_job *j = ol.queued;
         if (!j) break; /* stopping, and everything queued is done */
-        ol.todo = j->next;
-        if (!ol.todo) ol.todo_tail = &ol.todo;
+        ol.queued = j->next;
+        if (!ol.queued) ol.queued_tail = &ol.queued;
         pthread_mutex_unlock(&ol.mu);
 
         if (j->work) j->work(j);
@@ -96,8 +96,8 @@ int offload_start(struct event_base *base, char *err, size_t errlen)
         snprintf(err, errlen, "storage helper already running");
         return -1;
     }
-    ol.todo = ol.done = NULL;
-    ol.todo_tail = &ol.todo;
+    ol.queued = ol.done = NULL;
+    ol.queued_tail = &ol.queued;
     ol.done_tail = &ol.done;
     ol.stopping = 0;
     ol.efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -134,8 +134,8 @@ void offload_submit(struct offload_job *j)
 {
     j->next = NULL;
     pthread_mutex_lock(&ol.mu);
-    *ol.todo_tail = j;
-    ol.todo_tail = &j->next;
+    *ol.queued_tail = j;
+    ol.queued_tail = &j->next;
     pthread_cond_signal(&ol.cond);
     pthread_mutex_unlock(&ol.mu);
 }
@@ -154,9 +154,9 @@ void offload_stop(void)
     for (;;) {
         deliver();
         pthread_mutex_lock(&ol.mu);
-        struct offload_job *j = ol.todo;
-        ol.todo = NULL;
-        ol.todo_tail = &ol.todo;
+        struct offload_job *j = ol.queued;
+        ol.queued = NULL;
+        ol.queued_tail = &ol.queued;
         pthread_mutex_unlock(&ol.mu);
         if (!j) break;
         while (j) {
