@@ -3,6 +3,7 @@
  * cancel, LISTEN/NOTIFY, lost backends, a restarted cluster, shutdown. */
 #include "reeld/db.h"
 #include "t.h"
+#include "t_loop.h"
 
 #include <event2/event.h>
 #include <libpq-fe.h>
@@ -10,65 +11,6 @@
 
 static const char *pgurl;
 static struct event_base *base;
-
-/* ---- loop helpers ---- */
-
-static int timed_out;
-
-static void on_guard(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-    timed_out = 1;
-}
-
-static void on_tick(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-}
-
-/* Runs the loop until cond(arg) holds (re-checked at least every 20 ms).
- * Returns 0, or -1 when it still does not hold after 30 s: a hang. */
-static int run_until(int (*cond)(void *), void *arg)
-{
-    struct event *guard = evtimer_new(base, on_guard, NULL);
-    struct event *tick = event_new(base, -1, EV_PERSIST, on_tick, NULL);
-    struct timeval g = {30, 0}, t = {0, 20000};
-    timed_out = 0;
-    evtimer_add(guard, &g);
-    evtimer_add(tick, &t);
-    while (!cond(arg) && !timed_out)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(guard);
-    event_free(tick);
-    return cond(arg) ? 0 : -1;
-}
-
-static int flag_set(void *arg)
-{
-    return *(int *)arg != 0;
-}
-
-static void on_flag_timer(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    *(int *)arg = 1;
-}
-
-/* Lets the loop run for ms milliseconds. */
-static void run_for(int ms)
-{
-    int done = 0;
-    struct event *ev = evtimer_new(base, on_flag_timer, &done);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(ev, &tv);
-    run_until(flag_set, &done);
-    event_free(ev);
-}
 
 /* ---- query helpers ---- */
 
@@ -112,7 +54,7 @@ static int query_wait(struct db_pool *p, const struct db_stmt *st, int n, const 
 {
     memset(out, 0, sizeof *out);
     if (!db_query(p, st, n, params, on_call, out)) return -1;
-    return run_until(call_done, out);
+    return t_run_cond(base, call_done, out, 30);
 }
 
 static struct db_pool *pool_open(const char *conninfo, int size, int queue_timeout_ms)
@@ -202,7 +144,7 @@ static void select_with_params_gives_typed_int_bool_null_text_values(void)
     CHECK(db_query(p, &q, 5, params, on_typed, &t) != NULL);
     t.in_query = 0;
     CHECK(!t.done); /* never inside db_query */
-    CHECK(run_until(flag_set, &t.done) == 0);
+    CHECK(t_run_cond(base, t_flag_set, &t.done, 30) == 0);
     CHECK(!t.called_inside);
     CHECK(t.err == NULL);
     CHECK(t.nrows == 1);
@@ -282,7 +224,7 @@ static void run_many(int size, struct many *m)
         args[i] = (struct many_arg){m, i};
         CHECK(db_query(m->p, &q, 1, params, on_many, &args[i]) != NULL);
     }
-    CHECK(run_until(many_done, m) == 0);
+    CHECK(t_run_cond(base, many_done, m, 30) == 0);
     for (int i = 0; i < MANY; i++)
         CHECK(m->seen[i] == 1);
     CHECK(m->failed == 0);
@@ -342,7 +284,7 @@ static void large_parameters_are_flushed_on_write_readiness_and_answered(void)
     for (int i = 0; i < 64; i++) /* 16 MB: far beyond what one write takes */
         CHECK(db_query(p, &q, 1, params, on_big, &b) != NULL);
     free(payload); /* parameters were copied */
-    CHECK(run_until(big_done, &b) == 0);
+    CHECK(t_run_cond(base, big_done, &b, 30) == 0);
     CHECK(b.answered == 64 && b.wrong == 0);
     db_pool_free(p);
     event_base_free(base);
@@ -359,7 +301,7 @@ static void failing_query_does_not_abort_its_neighbours_in_the_pipeline(void)
     struct db_pool *p = pool_open(pgurl, 1, 5000);
     for (int i = 0; i < 5; i++)
         CHECK(db_query(p, &q, 1, &div[i], on_call, &c[i]) != NULL);
-    CHECK(run_until(call_done, &c[4]) == 0);
+    CHECK(t_run_cond(base, call_done, &c[4], 30) == 0);
     for (int i = 0; i < 5; i++)
         CHECK(c[i].calls == 1);
     CHECK(!c[0].failed && c[0].v == 10);
@@ -397,7 +339,7 @@ static void prepared_statement_is_prepared_once_per_connection_and_reused(void)
         memset(&c[i], 0, sizeof c[i]);
         CHECK(db_query(p, &q, 1, params, on_call, &c[i]) != NULL);
     }
-    CHECK(run_until(call_done, &c[299]) == 0);
+    CHECK(t_run_cond(base, call_done, &c[299], 30) == 0);
     for (int i = 0; i < 300; i++)
         CHECK(c[i].calls == 1 && !c[i].failed && c[i].v == i + 1);
     /* a second round on the same connection reuses the statement */
@@ -445,7 +387,7 @@ static int tx_done(void *arg)
 static struct db_tx *tx_open(struct db_pool *p, struct txw *w)
 {
     memset(w, 0, sizeof *w);
-    if (!db_tx_begin(p, on_tx, w) || run_until(tx_done, w) < 0) return NULL;
+    if (!db_tx_begin(p, on_tx, w) || t_run_cond(base, tx_done, w, 30) < 0) return NULL;
     return w->tx;
 }
 
@@ -454,7 +396,7 @@ static int tx_query_wait(struct db_tx *tx, const struct db_stmt *st, int n,
 {
     memset(out, 0, sizeof *out);
     if (db_tx_query(tx, st, n, params, on_call, out) < 0) return -1;
-    return run_until(call_done, out);
+    return t_run_cond(base, call_done, out, 30);
 }
 
 static void transaction_commit_is_visible_rollback_is_not_and_pins_its_connection(void)
@@ -486,7 +428,7 @@ static void transaction_commit_is_visible_rollback_is_not_and_pins_its_connectio
     CHECK(st.queued == 1);
     memset(&cm, 0, sizeof cm);
     db_tx_commit(tx, on_call, &cm);
-    CHECK(run_until(call_done, &outside) == 0);
+    CHECK(t_run_cond(base, call_done, &outside, 30) == 0);
     CHECK(cm.calls == 1 && !cm.failed);
     CHECK(cm.seq < outside.seq);
     CHECK(!outside.failed && outside.v == 1);
@@ -509,7 +451,7 @@ static void transaction_commit_is_visible_rollback_is_not_and_pins_its_connectio
     CHECK_STR(next.sqlstate, "25P02");
     memset(&cm, 0, sizeof cm);
     db_tx_commit(tx, on_call, &cm);
-    CHECK(run_until(call_done, &cm) == 0);
+    CHECK(t_run_cond(base, call_done, &cm, 30) == 0);
     CHECK(cm.failed);
     CHECK_STR(cm.sqlstate, "25P02");
     CHECK(query_wait(p, &q_tx_count, 1, aborted, &cnt) == 0 && cnt.v == 0);
@@ -554,7 +496,7 @@ static void cancelled_query_or_begin_never_calls_back(void)
     k1.victim = db_query(p, &q_sleep, 1, short_sleep, on_call, &sent);
     CHECK(k1.victim != NULL);
     CHECK(db_query(p, &q_int, 1, four, on_call, &last) != NULL);
-    CHECK(run_until(call_done, &last) == 0);
+    CHECK(t_run_cond(base, call_done, &last, 30) == 0);
     CHECK(k1.call.calls == 1 && last.v == 4);
 
     /* a BEGIN cancelled on the wire is rolled back and its connection freed */
@@ -624,7 +566,7 @@ static int await_notify(struct lis *l, const char *payload)
     l->got = 0;
     event_add(ev, &tv);
     on_notify_retry(-1, 0, l);
-    int rc = run_until(lis_got, l);
+    int rc = t_run_cond(base, lis_got, l, 30);
     event_free(ev);
     return rc;
 }
@@ -692,7 +634,7 @@ static void killed_backends_fail_in_flight_queries_then_pool_and_listen_recover(
 
     CHECK(db_query(l.p, &q_sleep, 1, long_sleep, on_call, &sl[0]) != NULL);
     CHECK(db_query(l.p, &q_sleep, 1, long_sleep, on_call, &sl[1]) != NULL);
-    CHECK(run_until(sleeps_running, &s) == 0);
+    CHECK(t_run_cond(base, sleeps_running, &s, 30) == 0);
     db_stats(l.p, &st);
     CHECK(st.in_flight == 2);
     snprintf(sql, sizeof sql,
@@ -701,7 +643,7 @@ static void killed_backends_fail_in_flight_queries_then_pool_and_listen_recover(
              app);
     CHECK(admin_scalar(sql) >= 2); /* a query connection and the LISTEN one */
 
-    CHECK(run_until(both_done, sl) == 0);
+    CHECK(t_run_cond(base, both_done, sl, 30) == 0);
     for (int i = 0; i < 2; i++) {
         CHECK(sl[i].calls == 1 && sl[i].failed);
         CHECK_STR(sl[i].err, "database unavailable");
@@ -714,14 +656,14 @@ static void killed_backends_fail_in_flight_queries_then_pool_and_listen_recover(
         CHECK_STR(in_dead_tx.sqlstate, "08006");
         memset(&cm, 0, sizeof cm);
         db_tx_commit(tx, on_call, &cm);
-        CHECK(run_until(call_done, &cm) == 0);
+        CHECK(t_run_cond(base, call_done, &cm, 30) == 0);
         CHECK(cm.failed);
         CHECK_STR(cm.err, "database unavailable");
     }
     /* the same pool serves again once it has reconnected */
     CHECK(query_wait(l.p, &q_int, 1, seven, &after) == 0);
     CHECK(!after.failed && after.v == 7);
-    CHECK(run_until(lis_reconnected, &l) == 0);
+    CHECK(t_run_cond(base, lis_reconnected, &l, 30) == 0);
     CHECK(await_notify(&l, "after kill") == 0);
     db_stats(l.p, &st);
     CHECK(st.conns_total == 2 && st.failed_total >= 2);
@@ -755,27 +697,27 @@ static void stopped_and_restarted_cluster_fails_in_flight_holds_queued_and_recov
     CHECK(db_listen(l.p, l.channel, on_notify, on_reconnect, &l) == 0);
     CHECK(await_notify(&l, "before") == 0);
     CHECK(db_query(l.p, &q_sleep, 1, long_sleep, on_call, &sl) != NULL);
-    CHECK(run_until(sleeps_running, &s) == 0);
+    CHECK(t_run_cond(base, sleeps_running, &s, 30) == 0);
 
     snprintf(cmd, sizeof cmd, "scripts/pg.sh stop '%s' >/dev/null 2>&1", dir);
     CHECK(system(cmd) == 0);
-    CHECK(run_until(call_done, &sl) == 0);
+    CHECK(t_run_cond(base, call_done, &sl, 30) == 0);
     CHECK(sl.failed);
     CHECK_STR(sl.err, "database unavailable");
     CHECK_STR(sl.sqlstate, "08006");
 
     /* while the server is down, a new query waits instead of failing */
     CHECK(db_query(l.p, &q_int, 1, eight, on_call, &queued) != NULL);
-    run_for(400);
+    t_run_for(base, 400);
     CHECK(queued.calls == 0);
     CHECK(!db_ready(l.p));
 
     snprintf(cmd, sizeof cmd, "PG_FSYNC=off scripts/pg.sh start '%s' '%s' >/dev/null 2>&1", dir,
              port);
     CHECK(system(cmd) == 0);
-    CHECK(run_until(call_done, &queued) == 0);
+    CHECK(t_run_cond(base, call_done, &queued, 30) == 0);
     CHECK(!queued.failed && queued.v == 8);
-    CHECK(run_until(lis_reconnected, &l) == 0);
+    CHECK(t_run_cond(base, lis_reconnected, &l, 30) == 0);
     CHECK(await_notify(&l, "after restart") == 0);
     CHECK(db_ready(l.p));
     db_pool_free(l.p);
@@ -803,8 +745,8 @@ static void unreachable_database_fails_queued_queries_after_queue_timeout(void)
     const char *one[] = {"1"};
     CHECK(db_query(p, &q_int, 1, one, on_call, &c) != NULL);
     CHECK(db_tx_begin(p, on_tx, &w) != NULL);
-    CHECK(run_until(call_done, &c) == 0);
-    CHECK(run_until(tx_done, &w) == 0);
+    CHECK(t_run_cond(base, call_done, &c, 30) == 0);
+    CHECK(t_run_cond(base, tx_done, &w, 30) == 0);
     CHECK(c.calls == 1 && c.failed);
     CHECK_STR(c.err, "database unavailable");
     CHECK_STR(c.sqlstate, "08006");
@@ -857,7 +799,7 @@ static void pool_free_fails_every_pending_query_with_one_callback(void)
         snprintf(num[i], sizeof num[i], "%d", i);
         CHECK(db_query(p, &q_int, 1, params, on_call, &c[i]) != NULL);
     }
-    CHECK(run_until(any_answered, c) == 0);
+    CHECK(t_run_cond(base, any_answered, c, 30) == 0);
     f.tx = tx_open(p, &w);
     CHECK(f.tx != NULL);
     const char *one[] = {"1"};

@@ -16,6 +16,7 @@
 #include <event2/http.h>
 
 #include "t.h"
+#include "t_loop.h"
 
 #define BIG_LEN ((size_t)5 << 20)
 #define DRIP_PIECES 20
@@ -37,35 +38,6 @@ static unsigned char big_byte(size_t i)
 static void url_of(char *out, size_t n, const char *path)
 {
     snprintf(out, n, "http://127.0.0.1:%d%s", port, path);
-}
-
-/* ---- the loop ----------------------------------------------------------- */
-
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    *(int *)arg = 1;
-}
-
-/* Runs the loop until *flag is set or ms pass; returns *flag. */
-static int run_until(const int *flag, int ms)
-{
-    int expired = 0;
-    struct event *t = evtimer_new(base, on_deadline, &expired);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(t, &tv);
-    while (!*flag && !expired)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(t);
-    return *flag;
-}
-
-/* Gives the loop ms of time to misbehave. */
-static void run_for(int ms)
-{
-    int never = 0;
-    run_until(&never, ms);
 }
 
 /* ---- the server --------------------------------------------------------- */
@@ -298,7 +270,7 @@ static void get(const char *path, struct result *res)
     url_of(url, sizeof url, path);
     struct fetch_opts o = {.url = url};
     CHECK(start(&o, on_done, res) != NULL);
-    CHECK(run_until(&res->calls, WAIT_MS));
+    CHECK(t_run_until(base, &res->calls, WAIT_MS));
 }
 
 /* ---- transfer tests ----------------------------------------------------- */
@@ -328,7 +300,7 @@ static void post_sends_body_and_custom_header(void)
     static const char body[] = "{\"a\":1,\"b\":\"\\u0000\"}";
     struct fetch_opts o = {.url = url, .headers = hdrs, .body = body, .body_len = sizeof body - 1};
     CHECK(start(&o, on_done, &res) != NULL);
-    CHECK(run_until(&res.calls, WAIT_MS));
+    CHECK(t_run_until(base, &res.calls, WAIT_MS));
     CHECK(res.err == NULL);
     CHECK(res.status == 200);
     CHECK_STR(res.body, "POST|hello there|{\"a\":1,\"b\":\"\\u0000\"}");
@@ -347,7 +319,7 @@ static void post_large_body_is_sent_whole(void)
     struct fetch_opts o = {.url = url, .method = "POST", .body = body, .body_len = n};
     CHECK(start(&o, on_done, &res) != NULL);
     free(body); /* copied by fetch_start */
-    CHECK(run_until(&res.calls, WAIT_MS));
+    CHECK(t_run_until(base, &res.calls, WAIT_MS));
     CHECK(res.err == NULL);
     CHECK(res.body_len == n + strlen("POST||"));
     CHECK(res.body_len > 6 && res.body[6] == 'a' &&
@@ -391,7 +363,7 @@ static void timeout_is_reported_as_timed_out(void)
     url_of(url, sizeof url, "/slow");
     struct fetch_opts o = {.url = url, .timeout_ms = 200};
     CHECK(start(&o, on_done, &res) != NULL);
-    CHECK(run_until(&res.calls, WAIT_MS));
+    CHECK(t_run_until(base, &res.calls, WAIT_MS));
     CHECK(res.calls == 1);
     CHECK(res.err != NULL);
     CHECK(res.timed_out == 1);
@@ -412,7 +384,7 @@ static void connection_refused_is_an_error(void)
     struct result res = {0};
     struct fetch_opts o = {.url = url};
     CHECK(start(&o, on_done, &res) != NULL);
-    CHECK(run_until(&res.calls, WAIT_MS));
+    CHECK(t_run_until(base, &res.calls, WAIT_MS));
     CHECK(res.calls == 1);
     CHECK(res.during_start == 0);
     CHECK(res.err != NULL);
@@ -426,7 +398,7 @@ static void non_http_scheme_is_refused(void)
     struct result res = {0};
     struct fetch_opts o = {.url = "file:///etc/passwd"};
     CHECK(start(&o, on_done, &res) != NULL);
-    CHECK(run_until(&res.calls, WAIT_MS));
+    CHECK(t_run_until(base, &res.calls, WAIT_MS));
     CHECK(res.err != NULL);
     CHECK(res.body_len == 0);
     result_clear(&res);
@@ -448,7 +420,7 @@ static void bad_input_is_rejected_without_callback(void)
     CHECK(start(&bad_hdr, on_done, &res) == NULL);
     CHECK(start(&bad_method, on_done, &res) == NULL);
     CHECK(start(&len_without_body, on_done, &res) == NULL);
-    run_for(50);
+    t_run_for(base, 50);
     CHECK(res.calls == 0);
     CHECK(fetch_active(f) == 0);
     fetch_cancel(NULL);
@@ -468,7 +440,7 @@ static void collected_body_over_max_body_fails(void)
         url_of(url, sizeof url, paths[i]);
         struct fetch_opts o = {.url = url, .max_body = limits[i]};
         CHECK(start(&o, on_done, &res) != NULL);
-        CHECK(run_until(&res.calls, WAIT_MS));
+        CHECK(t_run_until(base, &res.calls, WAIT_MS));
         CHECK(res.calls == 1);
         CHECK_STR(res.err, FETCH_ERR_TOO_LARGE);
         CHECK(res.body_len <= limits[i]);
@@ -542,7 +514,7 @@ static void stream_big(struct stream *s)
     struct fetch_opts o = {.url = url, .on_data = on_big_data, .max_body = 16};
     s->req = start(&o, on_done, s);
     CHECK(s->req != NULL);
-    CHECK(run_until(&s->res.calls, WAIT_MS));
+    CHECK(t_run_until(base, &s->res.calls, WAIT_MS));
     event_free(s->resume_ev);
 }
 
@@ -601,7 +573,7 @@ static void drip_streams_every_piece(void)
     s.resume_ev = evtimer_new(base, stream_resume, &s);
     struct fetch_opts o = {.url = url, .on_data = on_drip_data};
     s.req = start(&o, on_done, &s);
-    CHECK(run_until(&s.res.calls, WAIT_MS));
+    CHECK(t_run_until(base, &s.res.calls, WAIT_MS));
     event_free(s.resume_ev);
     CHECK(s.res.err == NULL);
     CHECK(s.text_len == DRIP_PIECES * DRIP_PIECE_LEN);
@@ -620,8 +592,8 @@ static void cancel_inside_on_data_runs_no_done(void)
     struct fetch_opts o = {.url = url, .on_data = on_drip_data};
     s.req = start(&o, on_done, &s);
     CHECK(s.req != NULL);
-    CHECK(run_until(&s.chunks, WAIT_MS));
-    run_for(400);
+    CHECK(t_run_until(base, &s.chunks, WAIT_MS));
+    t_run_for(base, 400);
     CHECK(s.chunks == 2);
     CHECK(s.after_cancel == 0);
     CHECK(s.res.calls == 0);
@@ -655,8 +627,8 @@ static void cancel_from_another_done_runs_no_done(void)
     struct fetch_opts co = {.url = ok};
     c.victim = start(&vo, on_done, &victim);
     CHECK(start(&co, on_done_cancel_other, &c) != NULL);
-    CHECK(run_until(&c.res.calls, WAIT_MS));
-    run_for(200);
+    CHECK(t_run_until(base, &c.res.calls, WAIT_MS));
+    t_run_for(base, 200);
     CHECK(c.res.status == 200);
     CHECK(victim.calls == 0);
     CHECK(fetch_active(f) == 0);
@@ -680,8 +652,8 @@ static void cancel_right_after_start_and_inside_own_done_are_safe(void)
     fetch_cancel(start(&o, on_done, &res));
     struct canceller c = {0};
     c.victim = start(&o, on_done_cancel_self, &c);
-    CHECK(run_until(&c.res.calls, WAIT_MS));
-    run_for(100);
+    CHECK(t_run_until(base, &c.res.calls, WAIT_MS));
+    t_run_for(base, 100);
     CHECK(res.calls == 0);
     CHECK(c.res.calls == 1);
     CHECK(fetch_active(f) == 0);
@@ -709,7 +681,7 @@ static void hundred_concurrent_requests_all_complete(void)
     for (int i = 0; i < MANY; i++)
         CHECK(start(&o, on_done_count, &res[i]) != NULL);
     CHECK(fetch_active(f) == MANY);
-    CHECK(run_until(&all_done, WAIT_MS));
+    CHECK(t_run_until(base, &all_done, WAIT_MS));
     CHECK(many_done == MANY);
     int ok = 0;
     for (int i = 0; i < MANY; i++) {
@@ -746,10 +718,10 @@ static void free_with_transfers_in_flight_runs_no_callback(void)
     first_piece = 0;
     CHECK(fetch_start(g, &d, on_done, &res) != NULL);
     CHECK(fetch_start(g, &s, on_done, &res) != NULL);
-    CHECK(run_until(&first_piece, WAIT_MS));
+    CHECK(t_run_until(base, &first_piece, WAIT_MS));
     CHECK(fetch_start(g, &o, on_done, &res) != NULL); /* queued, never added */
     fetch_free(g);
-    run_for(100);
+    t_run_for(base, 100);
     CHECK(res.calls == 0);
     result_clear(&res);
 }
@@ -921,7 +893,7 @@ int main(void)
     fetch_free(f);
     /* Let the server finish what it still owes before it goes. */
     for (int i = 0; i < 200 && server_pending > 0; i++)
-        run_for(50);
+        t_run_for(base, 50);
     if (server_pending > 0) {
         printf("FAIL fetch_test_server_drains: %d replies still owed\n", server_pending);
         t_failed_total++;

@@ -11,6 +11,7 @@
 #include "reeld/migrate.h"
 #include "reeld/util.h"
 #include "t.h"
+#include "t_loop.h"
 
 #include <event2/buffer.h>
 #include <event2/event.h>
@@ -24,71 +25,6 @@ static char org_id[37];
 
 #define MAX_JOB_ID 65536
 static int run_count[MAX_JOB_ID]; /* handler runs per job id, all workers */
-
-/* ---- loop helpers */
-
-static int timed_out;
-
-static void on_guard(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-    timed_out = 1;
-}
-
-static void on_tick(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    (void)arg;
-}
-
-/* Runs the loop until cond(arg) holds (checked at least every 20 ms).
- * Returns 0, or -1 when it still does not after limit_s: a hang. */
-static int run_until_s(int (*cond)(void *), void *arg, int limit_s)
-{
-    struct event *guard = evtimer_new(base, on_guard, NULL);
-    struct event *tick = event_new(base, -1, EV_PERSIST, on_tick, NULL);
-    struct timeval g = {limit_s, 0}, t = {0, 20000};
-    int ok;
-    timed_out = 0;
-    evtimer_add(guard, &g);
-    evtimer_add(tick, &t);
-    /* cond is evaluated once per turn and not again after: it may query */
-    while (!(ok = cond(arg)) && !timed_out)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(guard);
-    event_free(tick);
-    return ok ? 0 : -1;
-}
-
-static int run_until(int (*cond)(void *), void *arg)
-{
-    return run_until_s(cond, arg, 30);
-}
-
-static int flag_set(void *arg)
-{
-    return *(int *)arg != 0;
-}
-
-static void on_flag_timer(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    *(int *)arg = 1;
-}
-
-static void run_for(int ms)
-{
-    int done = 0;
-    struct event *ev = evtimer_new(base, on_flag_timer, &done);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(ev, &tv);
-    run_until(flag_set, &done);
-    event_free(ev);
-}
 
 /* ---- the test's own SQL (blocking) */
 
@@ -149,7 +85,7 @@ static int wait_sql(const char *want, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(w.sql, sizeof w.sql, fmt, ap);
     va_end(ap);
-    return run_until_s(sql_is, &w, 60);
+    return t_run_cond(base, sql_is, &w, 60);
 }
 
 /* Waits until the pool opened with application name app LISTENs (the
@@ -340,7 +276,7 @@ static long long enqueue_wait(struct jobq *q, const char *rec, const char *stage
 {
     struct enq e = {0};
     struct jobq_new_job s = {org_id, rec, stage, payload, delay_ms, max_attempts};
-    if (jobq_enqueue(q, &s, on_enq, &e) != 0 || run_until(enq_done, &e) != 0) return -1;
+    if (jobq_enqueue(q, &s, on_enq, &e) != 0 || t_run_cond(base, enq_done, &e, 30) != 0) return -1;
     if (e.err[0]) fprintf(stderr, "# enqueue: %s\n", e.err);
     return e.err[0] ? -1 : e.already ? 0 : e.id;
 }
@@ -379,7 +315,7 @@ static void test_enqueued_job_runs_once_and_is_done(void)
     CHECK(id > 0);
     CHECK(wait_sql("done", "SELECT status FROM jobs WHERE id = %lld", id) == 0);
     struct stat_wait sw = {q, 1};
-    CHECK(run_until(done_reached, &sw) == 0);
+    CHECK(t_run_cond(base, done_reached, &sw, 30) == 0);
     CHECK(w.runs == 1);
     CHECK_STR(q1("SELECT attempts || ' ' || leased_by || ' ' || (finished_at IS NOT NULL)"
                  " || ' ' || (lease_expires_at IS NULL) FROM jobs WHERE id = %lld",
@@ -452,7 +388,7 @@ static void test_duplicate_enqueue_is_reported_as_already_queued(void)
     /* in a transaction, a duplicate neither fails nor aborts it */
     struct txenq t = {.q = q, .rec = rec};
     CHECK(db_tx_begin(db, on_txenq_begin, &t) != NULL);
-    CHECK(run_until(flag_set, &t.committed) == 0);
+    CHECK(t_run_cond(base, t_flag_set, &t.committed, 30) == 0);
     CHECK_STR(t.commit_err, "");
     CHECK(t.a.calls == 1 && t.a.already == 1 && t.a.id == 0 && t.a.err[0] == '\0');
     CHECK(t.b.calls == 1 && t.b.already == 1);
@@ -532,7 +468,7 @@ static void test_backoff_doubles_with_jitter_up_to_the_cap_then_fails_for_good(v
     /* the failed hook ran once, in the transaction that failed the job */
     CHECK(w.failed_hooks == 1);
     CHECK_STR(w.failed_error, "boom 4");
-    CHECK(run_until(failed_reached, q) == 0); /* counted when the commit is answered */
+    CHECK(t_run_cond(base, failed_reached, q, 30) == 0); /* counted when the commit is answered */
     CHECK_STR(q1("SELECT status || ' ' || error_stage || ' ' || error_message FROM recordings"
                  " WHERE id = '%s'",
                  rec),
@@ -583,7 +519,7 @@ static void test_failure_whose_hook_fails_is_not_recorded_at_all(void)
     struct jobq *q = queue_new(db, "w-hookfail", st, 1, NULL);
     long long id = enqueue_wait(q, rec, "document", NULL, 0, 5);
     CHECK(id > 0);
-    CHECK(run_until(errors_reached, q) == 0);
+    CHECK(t_run_cond(base, errors_reached, q, 30) == 0);
     /* neither the failure nor the hook's write committed: the job keeps
      * its lease and is taken over when it expires */
     CHECK_STR(q1("SELECT status || ' ' || leased_by FROM jobs WHERE id = %lld", id),
@@ -614,7 +550,8 @@ static void test_two_workers_split_200_jobs_and_none_runs_twice(void)
     CHECK(wait_sql("200",
                    "SELECT count(*) FROM jobs WHERE stage = 'embedding' AND status = 'done'") == 0);
     struct stat_wait a = {q1_, w1.runs}, b = {q2_, w2.runs};
-    CHECK(run_until(done_reached, &a) == 0 && run_until(done_reached, &b) == 0);
+    CHECK(t_run_cond(base, done_reached, &a, 30) == 0 &&
+          t_run_cond(base, done_reached, &b, 30) == 0);
     CHECK(w1.runs + w2.runs == 200);
     CHECK(w1.runs > 0 && w2.runs > 0);
     CHECK(qll("SELECT count(*) FROM jobs WHERE stage = 'embedding' AND leased_by = 'w1'") ==
@@ -646,7 +583,7 @@ static void test_job_of_a_dead_worker_is_taken_over_after_its_lease(void)
     struct jobq_opts o = {.lease_ms = 1000, .reap_ms = 100};
     struct jobq *qa = queue_new(dba, "w-dead", sa, 1, &o);
     long long id = enqueue_wait(qa, rec, "transcription", NULL, 0, 0);
-    CHECK(run_until(held_one, &wa) == 0);
+    CHECK(t_run_cond(base, held_one, &wa, 30) == 0);
     /* the worker dies holding the job: no completion, no more heartbeats */
     db_pool_free(dba);
     jobq_free(qa);
@@ -680,9 +617,9 @@ static void test_heartbeat_keeps_a_long_job_from_being_taken_over(void)
     struct jobq_opts o = {.lease_ms = 1200, .reap_ms = 100};
     struct jobq *qa = queue_new(dba, "w-long", sa, 1, &o);
     long long id = enqueue_wait(qa, rec, "transcription", NULL, 0, 0);
-    CHECK(run_until(held_one, &wa) == 0);
+    CHECK(t_run_cond(base, held_one, &wa, 30) == 0);
     struct jobq *qb = queue_new(dbb, "w-other", sb, 1, &o);
-    run_for(3600); /* three leases */
+    t_run_for(base, 3600); /* three leases */
     CHECK(wb.runs == 0);
     struct jobq_stage_stats s;
     jobq_stats(qa, 0, &s);
@@ -709,7 +646,7 @@ static void test_notify_wakes_a_worker_without_the_poll(void)
     struct jobq_opts o = {.poll_ms = 600000, .reap_ms = 600000, .stats_ms = -1};
     struct jobq *q = queue_new(db, "w-notify", st, 1, &o);
     CHECK(listening("w-notify") == 0);
-    run_for(100); /* the start-up claim has come back empty */
+    t_run_for(base, 100); /* the start-up claim has come back empty */
     /* inserted behind the queue's back: only the NOTIFY can tell it */
     CHECK_STR(
         q1("INSERT INTO jobs (org_id, recording_id, stage) VALUES ('%s', '%s', 'publication')",
@@ -747,22 +684,22 @@ static void test_cancel_recording_cancels_its_queued_and_running_jobs(void)
     long long running = enqueue_wait(q, rec, "transcription", NULL, 0, 0);
     long long later = enqueue_wait(q, rec, "document", NULL, 60000, 0);
     CHECK(running > 0 && later > 0);
-    CHECK(run_until(held_one, &wt) == 0);
+    CHECK(t_run_cond(base, held_one, &wt, 30) == 0);
     struct cancel_res c = {0};
     CHECK(jobq_cancel_recording(q, rec, on_cancelled, &c) == 0);
-    CHECK(run_until(flag_set, &c.calls) == 0);
+    CHECK(t_run_cond(base, t_flag_set, &c.calls, 30) == 0);
     CHECK(c.n == 2);
     CHECK(wt.cancels == 1 && wt.nheld == 0); /* the hook ran before the callback */
     CHECK(qll("SELECT count(*) FROM jobs WHERE recording_id = '%s' AND status = 'cancelled'",
               rec) == 2);
     /* a stage without cancel hook runs to its end; its completion is ignored */
     long long e = enqueue_wait(q, rec2, "embedding", NULL, 0, 0);
-    CHECK(run_until(held_one, &we) == 0);
+    CHECK(t_run_cond(base, held_one, &we, 30) == 0);
     struct cancel_res c2 = {0};
     CHECK(jobq_cancel_recording(q, rec2, on_cancelled, &c2) == 0);
-    CHECK(run_until(flag_set, &c2.calls) == 0 && c2.n == 1);
+    CHECK(t_run_cond(base, t_flag_set, &c2.calls, 30) == 0 && c2.n == 1);
     CHECK(we.nheld == 1 && jobq_done(we.held[0]) == 0);
-    run_for(200);
+    t_run_for(base, 200);
     CHECK_STR(q1("SELECT status FROM jobs WHERE id = %lld", e), "cancelled");
     struct jobq_stage_stats s;
     jobq_stats(q, 1, &s);
@@ -824,25 +761,25 @@ static void test_completion_in_a_transaction_commits_only_while_the_job_is_held(
 
     /* held: the result and the completion commit together */
     long long id1 = enqueue_wait(q, r1, "document", NULL, 0, 0);
-    CHECK(run_until(held_one, &w) == 0);
+    CHECK(t_run_cond(base, held_one, &w, 30) == 0);
     struct txdone a = {.job = w.held[0]};
     w.nheld = 0;
     CHECK(db_tx_begin(db, on_result_tx, &a) != NULL);
-    CHECK(run_until(outcome_called, &a) == 0);
+    CHECK(t_run_cond(base, outcome_called, &a, 30) == 0);
     CHECK(a.called == 1 && a.outcome == JOBQ_COMMITTED);
     CHECK_STR(q1("SELECT status FROM jobs WHERE id = %lld", id1), "done");
     CHECK(qll("SELECT count(*) FROM results WHERE job_id = %lld", id1) == 1);
 
     /* taken over meanwhile: nothing is written, the new holder keeps it */
     long long id2 = enqueue_wait(q, r2, "document", NULL, 0, 0);
-    CHECK(run_until(held_one, &w) == 0);
+    CHECK(t_run_cond(base, held_one, &w, 30) == 0);
     q1("UPDATE jobs SET leased_by = 'thief', lease_expires_at = now() + interval '1 hour'"
        " WHERE id = %lld",
        id2);
     struct txdone b = {.job = w.held[0]};
     w.nheld = 0;
     CHECK(db_tx_begin(db, on_result_tx, &b) != NULL);
-    CHECK(run_until(outcome_called, &b) == 0);
+    CHECK(t_run_cond(base, outcome_called, &b, 30) == 0);
     CHECK(b.outcome == JOBQ_LOST);
     CHECK(qll("SELECT count(*) FROM results WHERE job_id = %lld", id2) == 0);
     CHECK_STR(q1("SELECT status || ' ' || leased_by FROM jobs WHERE id = %lld", id2),
@@ -850,11 +787,11 @@ static void test_completion_in_a_transaction_commits_only_while_the_job_is_held(
 
     /* a failing transaction: nothing committed, the job goes back for a retry */
     long long id3 = enqueue_wait(q, r3, "document", NULL, 0, 0);
-    CHECK(run_until(held_one, &w) == 0);
+    CHECK(t_run_cond(base, held_one, &w, 30) == 0);
     struct txdone c = {.job = w.held[0], .duplicate = 1};
     w.nheld = 0;
     CHECK(db_tx_begin(db, on_result_tx, &c) != NULL);
-    CHECK(run_until(outcome_called, &c) == 0);
+    CHECK(t_run_cond(base, outcome_called, &c, 30) == 0);
     CHECK(c.outcome == JOBQ_ABORTED && c.err[0] != '\0');
     CHECK(qll("SELECT count(*) FROM results WHERE job_id = %lld", id3) == 0);
     CHECK(qll("SELECT count(*) FROM jobs_audit WHERE job_id = %lld AND status = 'queued'"
@@ -905,14 +842,14 @@ static void test_stop_claims_nothing_more_and_reports_idle_when_handlers_end(voi
     struct jobq_stage st[] = {stage_for("transcription", &w, 2, 1, 0)};
     struct jobq *q = queue_new(db, "w-stop", st, 1, NULL);
     long long id1 = enqueue_wait(q, r1, "transcription", NULL, 0, 0);
-    CHECK(run_until(held_one, &w) == 0);
+    CHECK(t_run_cond(base, held_one, &w, 30) == 0);
     int idle = 0;
     jobq_stop(q, on_idle, &idle);
     long long id2 = enqueue_wait(q, r2, "transcription", NULL, 0, 0);
-    run_for(300);
+    t_run_for(base, 300);
     CHECK(idle == 0 && w.runs == 1);
     CHECK(jobq_done(w.held[0]) == 0);
-    CHECK(run_until(flag_set, &idle) == 0);
+    CHECK(t_run_cond(base, t_flag_set, &idle, 30) == 0);
     CHECK(idle == 1);
     CHECK_STR(q1("SELECT status FROM jobs WHERE id = %lld", id1), "done");
     CHECK_STR(q1("SELECT status FROM jobs WHERE id = %lld", id2), "queued");
@@ -942,12 +879,12 @@ static void test_provider_job_is_recorded_while_the_job_is_held(void)
     struct jobq_stage st[] = {stage_for("transcription", &w, 1, 1, 0)};
     struct jobq *q = queue_new(db, "w-provider", st, 1, NULL);
     long long id = enqueue_wait(q, rec, "transcription", NULL, 0, 0);
-    CHECK(run_until(held_one, &w) == 0);
+    CHECK(t_run_cond(base, held_one, &w, 30) == 0);
     struct jobq_job *job = w.held[0];
     CHECK(job->provider == NULL && job->provider_job_id == NULL);
     struct noted n = {0};
     CHECK(jobq_note_provider_job(job, "assemblyai", "tr-123", on_noted, &n) == 0);
-    CHECK(run_until(flag_set, &n.calls) == 0 && n.ok == 1);
+    CHECK(t_run_cond(base, t_flag_set, &n.calls, 30) == 0 && n.ok == 1);
     CHECK_STR(job->provider_job_id, "tr-123");
     CHECK_STR(q1("SELECT provider || ' ' || provider_job_id FROM jobs WHERE id = %lld", id),
               "assemblyai tr-123");
@@ -1087,7 +1024,8 @@ static void test_bad_input_is_refused_without_crashing(void)
     struct enq e = {0};
     struct jobq_new_job unknown = {org_id, rec, "nosuchstage", NULL, 0, 0};
     CHECK(jobq_enqueue(q, &unknown, on_enq, &e) == 0);
-    CHECK(run_until(enq_done, &e) == 0 && e.err[0] != '\0' && e.id == 0 && e.already == 0);
+    CHECK(t_run_cond(base, enq_done, &e, 30) == 0 && e.err[0] != '\0' && e.id == 0 &&
+          e.already == 0);
     jobq_stop(NULL, NULL, NULL);
     jobq_free(NULL);
     db_pool_free(db);

@@ -15,39 +15,12 @@
 #include <event2/event.h>
 
 #include "t.h"
+#include "t_loop.h"
 
 #define WAIT_MS 20000
 
 static struct event_base *base;
 static char tmpdir[] = "/tmp/reeld-proc.XXXXXX";
-
-/* ---- the loop ----------------------------------------------------------- */
-
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    *(int *)arg = 1;
-}
-
-/* Runs the loop until *flag is set or ms pass; returns *flag. */
-static int run_until(const int *flag, int ms)
-{
-    int expired = 0;
-    struct event *t = evtimer_new(base, on_deadline, &expired);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(t, &tv);
-    while (!*flag && !expired)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(t);
-    return *flag;
-}
-
-static void run_for(int ms)
-{
-    int never = 0;
-    run_until(&never, ms);
-}
 
 /* ---- one run's outcome -------------------------------------------------- */
 
@@ -123,7 +96,7 @@ static int run(struct outcome *o, const char *const *argv, struct proc_opts *opt
 {
     if (!start(o, argv, opts)) return 0;
     if (o->calls != 0) return 0; /* never inside proc_start */
-    return run_until(&o->calls, WAIT_MS);
+    return t_run_until(base, &o->calls, WAIT_MS);
 }
 
 /* 1 once pid is fully gone (reaped: a zombie still answers kill 0). */
@@ -131,7 +104,7 @@ static int wait_gone(pid_t pid)
 {
     for (int i = 0; i < WAIT_MS / 20; i++) {
         if (kill(pid, 0) != 0 && errno == ESRCH) return 1;
-        run_for(20);
+        t_run_for(base, 20);
     }
     return 0;
 }
@@ -193,7 +166,7 @@ static void proc_timeout_kills_child(void)
     CHECK(start(&o, argv, &opts));
     pid_t pid = proc_pid(o.p);
     CHECK(pid > 0);
-    CHECK(run_until(&o.calls, WAIT_MS));
+    CHECK(t_run_until(base, &o.calls, WAIT_MS));
     CHECK(o.timed_out == 1);
     CHECK(o.exited == 0 && o.status == SIGKILL);
     CHECK(o.error == NULL);
@@ -278,10 +251,10 @@ static void proc_cancel_kills_and_reaps_without_callback(void)
     CHECK(start(&o, argv, NULL));
     pid_t pid = proc_pid(o.p);
     CHECK(pid > 0);
-    run_for(50);
+    t_run_for(base, 50);
     proc_cancel(o.p);
     CHECK(wait_gone(pid));
-    run_for(200);
+    t_run_for(base, 200);
     CHECK(o.calls == 0);
     outcome_free(&o);
 }
@@ -295,10 +268,10 @@ static void proc_cancel_from_on_data_is_safe(void)
     CHECK(start(&o, argv, &opts));
     pid_t pid = proc_pid(o.p);
     for (int i = 0; i < WAIT_MS / 20 && !o.data_calls; i++)
-        run_for(20);
+        t_run_for(base, 20);
     CHECK(o.data_calls == 1); /* nothing more after the cancel */
     CHECK(wait_gone(pid));
-    run_for(100);
+    t_run_for(base, 100);
     CHECK(o.calls == 0);
     CHECK(o.data_calls == 1);
     outcome_free(&o);
@@ -330,7 +303,7 @@ static void proc_cancel_after_spawn_failure_has_no_callback(void)
     const char *argv[] = {"reeld-no-such-program-xyz", NULL};
     CHECK(start(&o, argv, NULL));
     proc_cancel(o.p);
-    run_for(100);
+    t_run_for(base, 100);
     CHECK(o.calls == 0);
     outcome_free(&o);
 }
@@ -401,7 +374,7 @@ static void proc_runs_many_at_once(void)
         CHECK(start(&o[i], argv[i], NULL));
     }
     for (int i = 0; i < N; i++) {
-        CHECK(run_until(&o[i].calls, WAIT_MS));
+        CHECK(t_run_until(base, &o[i].calls, WAIT_MS));
         char want[16];
         snprintf(want, sizeof want, "%d\n", i);
         CHECK_STR(o[i].out, want);
@@ -421,7 +394,7 @@ static void proc_shutdown_kills_and_reaps_everything(void)
     proc_shutdown();
     CHECK(kill(pa, 0) != 0 && errno == ESRCH);
     CHECK(kill(pb, 0) != 0 && errno == ESRCH);
-    run_for(100);
+    t_run_for(base, 100);
     CHECK(a.calls == 0 && b.calls == 0);
     outcome_free(&a);
     outcome_free(&b);

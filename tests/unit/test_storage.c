@@ -18,33 +18,13 @@
 #include "reeld/config.h"
 #include "reeld/util.h"
 #include "t.h"
+#include "t_loop.h"
 
 #define WAIT_MS 20000
 #define PIECE 65537 /* odd on purpose: offsets never line up with pages */
 
 static struct event_base *base;
 static char dir[] = "/tmp/reeld-storage.XXXXXX";
-
-/* ---- the loop ----------------------------------------------------------- */
-
-static void on_deadline(evutil_socket_t fd, short what, void *arg)
-{
-    (void)fd;
-    (void)what;
-    *(int *)arg = 1;
-}
-
-static int run_until(const int *flag, int ms)
-{
-    int expired = 0;
-    struct event *t = evtimer_new(base, on_deadline, &expired);
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    evtimer_add(t, &tv);
-    while (!*flag && !expired)
-        event_base_loop(base, EVLOOP_ONCE);
-    event_free(t);
-    return *flag;
-}
 
 /* ---- helpers ------------------------------------------------------------ */
 
@@ -132,7 +112,7 @@ static int64_t sync_wait(struct storage_upload *u, struct done *d)
     memset(d, 0, sizeof *d);
     storage_upload_sync(u, on_sync, d);
     if (d->calls != 0) return -2; /* never inside the call */
-    if (!run_until(&d->calls, WAIT_MS)) return -3;
+    if (!t_run_until(base, &d->calls, WAIT_MS)) return -3;
     return d->off;
 }
 
@@ -141,7 +121,7 @@ static int64_t finish_wait(const char *id, const char *key, struct done *d)
     memset(d, 0, sizeof *d);
     storage_upload_finish(id, key, on_sync, d);
     if (d->calls != 0) return -2;
-    if (!run_until(&d->calls, WAIT_MS)) return -3;
+    if (!t_run_until(base, &d->calls, WAIT_MS)) return -3;
     return d->off;
 }
 
@@ -185,7 +165,7 @@ static void upload_sync_reports_offset_covering_prior_writes(void)
     storage_upload_sync(u, on_sync, memset(&d, 0, sizeof d));
     CHECK(d.calls == 0);
     CHECK(write_pat(u, 3 * PIECE + 10, PIECE, &nospace) == 0);
-    CHECK(run_until(&d.calls, WAIT_MS));
+    CHECK(t_run_until(base, &d.calls, WAIT_MS));
     CHECK(d.calls == 1 && !d.had_err);
     CHECK(d.off == 3 * PIECE);
     CHECK(sync_wait(u, &d) == 3 * PIECE + 10);
@@ -405,7 +385,7 @@ static void close_during_pending_sync_still_reports(void)
     storage_upload_sync(u, on_sync, &d);
     storage_upload_close(u); /* the handle goes after the report */
     CHECK(d.calls == 0);
-    CHECK(run_until(&d.calls, WAIT_MS));
+    CHECK(t_run_until(base, &d.calls, WAIT_MS));
     CHECK(d.calls == 1 && !d.had_err && d.off == 200000);
     char path[512];
     part_of(dir, id, path, sizeof path);
@@ -427,9 +407,9 @@ static void sync_callback_may_sync_again_and_close(void)
     d.resync = 1;      /* first report: sync again ... */
     d.close_in_cb = 1; /* ... and close while that second sync is pending */
     storage_upload_sync(u, on_sync, &d);
-    CHECK(run_until(&d.calls, WAIT_MS));
+    CHECK(t_run_until(base, &d.calls, WAIT_MS));
     d.second = 1; /* on_sync sets it to 2 on the next report */
-    CHECK(run_until(&d.got_second, WAIT_MS));
+    CHECK(t_run_until(base, &d.got_second, WAIT_MS));
     CHECK(d.calls == 2 && !d.had_err && d.off == 1000);
     CHECK(storage_upload_remove(id) == 0);
 }
@@ -447,7 +427,7 @@ static void second_sync_while_pending_reports_error(void)
     storage_upload_sync(u, on_sync, &a);
     storage_upload_sync(u, on_sync, &b);
     CHECK(a.calls == 0 && b.calls == 0);
-    CHECK(run_until(&a.calls, WAIT_MS) && run_until(&b.calls, WAIT_MS));
+    CHECK(t_run_until(base, &a.calls, WAIT_MS) && t_run_until(base, &b.calls, WAIT_MS));
     CHECK(!a.had_err && a.off == 777);
     CHECK(b.had_err && b.off == -1 && strstr(b.err, "already pending"));
     storage_upload_close(u);
@@ -472,7 +452,7 @@ static void many_uploads_sync_at_once(void)
     for (int i = 0; i < N; i++)
         storage_upload_sync(u[i], on_sync, &d[i]);
     for (int i = 0; i < N; i++) {
-        CHECK(run_until(&d[i].calls, WAIT_MS));
+        CHECK(t_run_until(base, &d[i].calls, WAIT_MS));
         CHECK(d[i].calls == 1 && !d[i].had_err && d[i].off == 10000 + i * 1000);
         all += d[i].calls;
     }
