@@ -11,6 +11,7 @@
 #include "reeld/migrate.h"
 #include "reeld/util.h"
 #include "t.h"
+#include "t_db.h"
 #include "t_loop.h"
 
 #include <event2/buffer.h>
@@ -1034,30 +1035,6 @@ static void test_bad_input_is_refused_without_crashing(void)
 
 /* ---- set-up */
 
-static int conninfo_for(const char *url, const char *dbname, char *out, size_t n)
-{
-    char *msg = NULL;
-    PQconninfoOption *opts = PQconninfoParse(url, &msg);
-    if (!opts) {
-        PQfreemem(msg);
-        return -1;
-    }
-    size_t len = 0;
-    out[0] = '\0';
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = strcmp(o->keyword, "dbname") == 0 ? dbname : o->val;
-        if (!v) continue;
-        len += (size_t)snprintf(out + len, len < n ? n - len : 0, "%s='", o->keyword);
-        for (const char *p = v; *p && len + 2 < n; p++) {
-            if (*p == '\'' || *p == '\\') out[len++] = '\\';
-            out[len++] = *p;
-        }
-        len += (size_t)snprintf(out + len, len < n ? n - len : 0, "' ");
-    }
-    PQconninfoFree(opts);
-    return len < n ? 0 : -1;
-}
-
 static const char *fixtures[] = {
     "CREATE TABLE results (job_id bigint PRIMARY KEY, worker text)",
     "CREATE TABLE jobs_audit (job_id bigint, status text, attempts int, delay_ms numeric,"
@@ -1077,20 +1054,10 @@ int main(void)
         printf("FAIL jobq_tests_need_a_database: REELD_TEST_PGURL is not set\n");
         return 1;
     }
-    unsigned char rnd[8];
-    char hex[17], dbname[32], err[512];
-    util_random(rnd, sizeof rnd);
-    util_hex(rnd, sizeof rnd, hex);
-    snprintf(dbname, sizeof dbname, "jobq_%s", hex);
+    char dbname[32], err[512];
     PGconn *admin = PQconnectdb(url);
-    char sql[128];
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", dbname);
-    PGresult *r = PQexec(admin, sql);
-    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-    PQclear(r);
-    if (!ok || conninfo_for(url, dbname, conninfo, sizeof conninfo) != 0 ||
-        migrate_run(conninfo, "schema", err, sizeof err) != 0) {
-        printf("FAIL jobq_setup: database: %s %s\n", PQerrorMessage(admin), ok ? err : "");
+    if (t_db_create(admin, url, "jobq", dbname, conninfo, sizeof conninfo, err, sizeof err) != 0) {
+        printf("FAIL jobq_setup: database: %s\n", err);
         PQfinish(admin);
         return 1;
     }
@@ -1124,8 +1091,7 @@ int main(void)
 
     event_base_free(base);
     PQfinish(pg);
-    snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS %s WITH (FORCE)", dbname);
-    PQclear(PQexec(admin, sql));
+    t_db_drop(admin, dbname);
     PQfinish(admin);
     T_EXIT();
 }

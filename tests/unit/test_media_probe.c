@@ -18,6 +18,7 @@
 #include "reeld/storage.h"
 #include "reeld/util.h"
 #include "t.h"
+#include "t_db.h"
 
 static PGconn *pg;
 static char dir[64];
@@ -106,20 +107,6 @@ static void test_probe_with_bad_arguments_returns_quietly(void)
     CHECK(1);
 }
 
-/* Connection string for database db: conninfo without its dbname. */
-static void with_db(const char *base, const char *db, char *out, size_t n)
-{
-    out[0] = '\0';
-    char *copy = strdup(base);
-    for (char *tok = strtok(copy, " "); tok; tok = strtok(NULL, " "))
-        if (strncmp(tok, "dbname=", 7) != 0) {
-            strncat(out, tok, n - strlen(out) - 1);
-            strncat(out, " ", n - strlen(out) - 1);
-        }
-    free(copy);
-    snprintf(out + strlen(out), n - strlen(out), "dbname=%s", db);
-}
-
 int main(void)
 {
     const char *url = getenv("REELD_TEST_PGURL");
@@ -131,21 +118,10 @@ int main(void)
         printf("FAIL media_probe_setup: ffmpeg/ffprobe not installed\n");
         return 1;
     }
-    char db[32], rnd[12], conninfo[1024], err[512], sql[256], out[64];
-    util_random_token(rnd, 6);
-    for (char *c = rnd; *c; c++)
-        if (*c == '-' || *c == '_') *c = 'x';
-    snprintf(db, sizeof db, "probe_%s", rnd);
-    for (char *c = db; *c; c++)
-        if (*c >= 'A' && *c <= 'Z') *c = (char)(*c - 'A' + 'a');
+    char db[32], conninfo[1024], err[512], out[64];
     PGconn *admin = PQconnectdb(url);
-    snprintf(sql, sizeof sql, "CREATE DATABASE %s", db);
-    PGresult *res = PQexec(admin, sql);
-    int ok = PQresultStatus(res) == PGRES_COMMAND_OK;
-    PQclear(res);
-    with_db(url, db, conninfo, sizeof conninfo);
-    if (!ok || migrate_run(conninfo, "schema", err, sizeof err) != 0) {
-        printf("FAIL media_probe_setup: database: %s %s\n", PQerrorMessage(admin), err);
+    if (t_db_create(admin, url, "probe", db, conninfo, sizeof conninfo, err, sizeof err) != 0) {
+        printf("FAIL media_probe_setup: database: %s\n", err);
         PQfinish(admin);
         return 1;
     }
@@ -170,8 +146,7 @@ int main(void)
     storage_shutdown();
     event_base_free(app.base);
     PQfinish(pg);
-    snprintf(sql, sizeof sql, "DROP DATABASE %s", db);
-    PQclear(PQexec(admin, sql));
+    t_db_drop(admin, db);
     PQfinish(admin);
     char cmd[128];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);

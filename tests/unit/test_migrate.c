@@ -4,6 +4,7 @@
 #include "reeld/migrate.h"
 #include "reeld/util.h"
 #include "t.h"
+#include "t_db.h"
 
 #include <dirent.h>
 #include <libpq-fe.h>
@@ -20,32 +21,6 @@ struct testdb {
     char conninfo[2048];
     PGconn *c; /* our own look at it */
 };
-
-/* conninfo of base_url with dbname replaced, as key='value' pairs so any
- * URI or key=value form of REELD_TEST_PGURL works. */
-static int conninfo_for(const char *dbname, char *out, size_t n)
-{
-    char *msg = NULL;
-    PQconninfoOption *opts = PQconninfoParse(base_url, &msg);
-    if (!opts) {
-        PQfreemem(msg);
-        return -1;
-    }
-    size_t len = 0;
-    out[0] = '\0';
-    for (PQconninfoOption *o = opts; o->keyword; o++) {
-        const char *v = strcmp(o->keyword, "dbname") == 0 ? dbname : o->val;
-        if (!v) continue;
-        len += (size_t)snprintf(out + len, len < n ? n - len : 0, "%s='", o->keyword);
-        for (const char *p = v; *p && len + 2 < n; p++) {
-            if (*p == '\'' || *p == '\\') out[len++] = '\\';
-            out[len++] = *p;
-        }
-        len += (size_t)snprintf(out + len, len < n ? n - len : 0, "' ");
-    }
-    PQconninfoFree(opts);
-    return len < n ? 0 : -1;
-}
 
 /* First cell of the result as text, "OK" for a command, "ERR:<sqlstate>"
  * for a failure, "NULL" for SQL NULL. Copied into a static buffer. */
@@ -81,7 +56,7 @@ static int db_create(struct testdb *db)
     util_hex(rnd, sizeof rnd, hex);
     snprintf(db->name, sizeof db->name, "migtest_%s", hex);
     if (strcmp(q1(admin, "CREATE DATABASE %s", db->name), "OK") != 0) return -1;
-    if (conninfo_for(db->name, db->conninfo, sizeof db->conninfo) != 0) return -1;
+    if (t_conninfo_for(base_url, db->name, db->conninfo, sizeof db->conninfo) != 0) return -1;
     db->c = PQconnectdb(db->conninfo);
     if (PQstatus(db->c) != CONNECTION_OK) {
         printf("# connect %s: %s", db->name, PQerrorMessage(db->c));
