@@ -25,6 +25,9 @@
 #include "reeld/log.h"
 #include "reeld/metrics.h"
 #include "reeld/migrate.h"
+#include "reeld/pipeline.h"
+#include "reeld/provider.h"
+#include "reeld/search.h"
 #include "reeld/reap.h"
 #include "reeld/proc.h"
 #include "reeld/signurl.h"
@@ -257,6 +260,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     /* the server drains within the grace; the hard stop guarantees exit */
     struct timeval tv = {cfg.shutdown_grace_s + 1, 0};
     evtimer_add(hard_stop_ev, &tv);
+    pipeline_stop(NULL, NULL);
     http_server_shutdown(app.http, cfg.shutdown_grace_s, on_drained, NULL);
 }
 
@@ -344,8 +348,12 @@ static int cmd_serve(void)
         fprintf(stderr, "reeld: %s\n", app.auth ? "cannot start" : err);
         return 1;
     }
+    ssize_t exe_len = readlink("/proc/self/exe", prov_reeld_exe, sizeof prov_reeld_exe - 1);
+    if (exe_len > 0) prov_reeld_exe[exe_len] = '\0';
     if (signurl_init(cfg.data_dir, err, sizeof err) != 0 ||
-        storage_init(app.base, cfg.data_dir, err, sizeof err) != 0) {
+        storage_init(app.base, cfg.data_dir, err, sizeof err) != 0 ||
+        prov_init(err, sizeof err) != 0 || search_init(err, sizeof err) != 0 ||
+        pipeline_start(err, sizeof err) != 0) {
         fprintf(stderr, "reeld: %s\n", err);
         return 1;
     }
@@ -386,15 +394,20 @@ static int cmd_serve(void)
 
     event_base_dispatch(app.base);
 
-    /* Children and pending syncs first (a sync's callback records an
-     * upload's durable offset through the pool), then the pool, whose
-     * pending callbacks fail and answer their requests through a server
-     * that still exists. */
-    proc_shutdown();
+    /* Pending syncs first (a sync's callback records an upload's durable
+     * offset through the pool), then the pool, whose pending callbacks
+     * fail and answer their requests through a server that still
+     * exists. */
     storage_shutdown();
     reap_flush();
     db_pool_free(app.db);
     app.db = NULL; /* late callbacks find no pool: db_query returns NULL */
+    /* After the pool (jobq.h): running stages are cancelled, their
+     * children killed; the jobs are taken over after their lease. Then
+     * every child left (probes, cancelled ones) is killed and reaped. */
+    pipeline_free();
+    search_free();
+    proc_shutdown();
     auth_free(app.auth);
     http_server_free(app.http);
     fetch_free(app.fetch);

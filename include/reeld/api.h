@@ -45,5 +45,10 @@ void api_share_routes(struct http_server *s);
 void api_recording_routes(struct http_server *s);
 void api_upload_routes(struct http_server *s);
 void api_events_routes(struct http_server *s);
+void api_search_routes(struct http_server *s);
+/* A search or chat scope: "all" (or absent) gives *rec NULL;
+ * "recording:<uuid>" (or the seed's "record:<uuid>") points *rec at the
+ * uuid inside scope. Returns -1 when malformed. */
+int api_parse_scope(const char *scope, const char **rec);
 
 #endif

@@ -39,6 +39,12 @@ struct config {
     int sse_heartbeat_s;
     int shutdown_grace_s;
     int upload_sweep_s;
+    /* pipeline */
+    int job_lease_s, job_max_attempts, job_backoff_ms, stage_concurrency;
+    char *workers; /* "on" or "off" */
+    int index_budget_mb;
+    int provider_timeout_s;
+    int64_t transcribe_max_bytes;
 };
 
 extern struct config cfg;

@@ -58,6 +58,21 @@ struct fetch_resp {
 typedef int (*fetch_data_cb)(void *arg, const char *data, size_t len);
 typedef void (*fetch_done_cb)(void *arg, const struct fetch_resp *resp);
 
+/* One part of a multipart/form-data body (fetch_opts.parts). Its content
+ * is either data (data_len bytes, copied by fetch_start) or the file at
+ * path, which libcurl opens and streams when the request is sent: it must
+ * be readable at fetch_start (else NULL) and stay until the done
+ * callback (one that goes meanwhile fails the transfer with libcurl's read
+ * error). Strings are copied. */
+struct fetch_part {
+    const char *name; /* form field name, required */
+    const char *data;
+    size_t data_len;
+    const char *path;
+    const char *filename;     /* optional; for path parts the default is its basename */
+    const char *content_type; /* optional */
+};
+
 struct fetch_opts {
     const char *method; /* default GET, or POST when body is set */
     const char *url;
@@ -68,6 +83,11 @@ struct fetch_opts {
     long connect_timeout_ms; /* 0 = 10 s */
     size_t max_body;         /* collected mode; 0 = 8 MiB */
     fetch_data_cb on_data;   /* streaming mode when set */
+    /* multipart/form-data body (libcurl's mime API, which also sets the
+     * Content-Type with its boundary): nparts parts, in order. Excludes
+     * body; the method defaults to POST. */
+    const struct fetch_part *parts;
+    size_t nparts;
 };
 
 /* A transfer engine on base (which stays the caller's and must outlive
@@ -83,7 +103,9 @@ int fetch_async_dns(void);
 /* Starts a transfer; the request begins on the next loop turn. done (may
  * be NULL) receives the outcome; arg goes to both o->on_data and done.
  * Returns NULL on bad input (no url, a method or header with CR/LF,
- * body_len without body) or out of memory; then no callback runs. */
+ * body_len without body, both body and parts, a part without a name, with
+ * neither or both of data and path, or an unreadable file) or out of memory; then no callback runs.
+ */
 struct fetch_req *fetch_start(struct fetch *f, const struct fetch_opts *o, fetch_done_cb done,
                               void *arg);
 /* After this no callback of r runs and r is gone. Safe from anywhere,

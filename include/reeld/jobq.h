@@ -66,6 +66,8 @@ struct jobq;
 
 /* NOTIFY channel of the jobs_notify trigger; payload = the stage. */
 #define JOBQ_CHANNEL "reeld_jobs"
+/* max_attempts when nothing else says. */
+#define JOBQ_DEFAULT_ATTEMPTS 5
 
 /* One claimed job, as its handler sees it. Everything is owned by the
  * queue and read-only for the handler except `data`. Valid from run until
@@ -234,7 +236,9 @@ typedef void (*jobq_enqueue_cb)(void *arg, long long job_id, int already, const 
 int jobq_enqueue(struct jobq *q, const struct jobq_new_job *spec, jobq_enqueue_cb cb, void *arg);
 
 /* The same inside the caller's transaction (the next stage is enqueued
- * with the previous stage's result). A duplicate does not abort tx (ON
+ * with the previous stage's result). q may be NULL here (a process that
+ * works on no stage still enqueues): max_attempts <= 0 then means
+ * JOBQ_DEFAULT_ATTEMPTS. A duplicate does not abort tx (ON
  * CONFLICT DO NOTHING). cb reports the INSERT, before the commit: the job
  * exists only if tx commits. Workers are woken by the NOTIFY at commit.
  * Returns -1 (no callback) on bad input or when db_tx_query refuses. */

@@ -10,6 +10,8 @@
 #include "reeld/db.h"
 #include "reeld/http.h"
 #include "reeld/metrics.h"
+#include "reeld/pipeline.h"
+#include "reeld/search.h"
 #include "reeld/util.h"
 
 static const char ok_body[] = "{\"status\":\"ok\"}\n";
@@ -58,6 +60,8 @@ static void metrics(struct http_req *r)
 {
     struct evbuffer *b = evbuffer_new();
     metrics_render(b);
+    pipeline_metrics_render(b);
+    search_metrics_render(b);
     http_reply_buf(r, 200, "text/plain; version=0.0.4; charset=utf-8", b);
     evbuffer_free(b);
 }

@@ -15,6 +15,7 @@
 #include "reeld/db.h"
 #include "reeld/log.h"
 #include "reeld/media.h"
+#include "reeld/pipeline.h"
 #include "reeld/recording.h"
 #include "reeld/storage.h"
 #include "reeld/util.h"
@@ -36,8 +37,10 @@ static struct db_stmt q_load = {"rec_load", "SELECT " REC_COLS " FROM recordings
                                             " WHERE r.id = $1 AND r.org_id = $2"
                                             " AND r.deleted_at IS NULL"};
 
-/* The status change and its event in one statement, so one transaction:
- * the events trigger NOTIFYs at commit. */
+/* The status change, its event and the pipeline's first job in one
+ * statement, so one transaction: nothing is lost between the last byte and
+ * the pipeline (pipeline.h); the triggers NOTIFY at commit. $3 the job's
+ * max attempts. */
 static struct db_stmt q_uploaded = {
     "rec_uploaded",
     "WITH u AS (UPDATE recordings SET status = 'uploaded', upload_expires_at = NULL,"
@@ -46,16 +49,19 @@ static struct db_stmt q_uploaded = {
     " AND size_bytes IS NOT NULL AND upload_offset = size_bytes RETURNING *),"
     " e AS (INSERT INTO events (org_id, recording_id, type, data)"
     " SELECT org_id, id, 'recording.status', jsonb_build_object('recording_id', id,"
-    " 'status', status, 'stage', 'upload', 'error', NULL) FROM u)"
+    " 'status', status, 'stage', 'upload', 'error', NULL) FROM u),"
+    " j AS (INSERT INTO jobs (org_id, recording_id, stage, max_attempts)"
+    " SELECT org_id, id, 'transcription', $3::integer FROM u"
+    " ON CONFLICT (recording_id, stage) WHERE status IN ('queued', 'running') DO NOTHING)"
     " SELECT " REC_COLS " FROM u r"};
 
 static struct db_stmt q_del_mark = {
-    "rec_del_mark",
-    "WITH m AS (UPDATE recordings SET deleted_at = now()"
-    " WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL RETURNING id, storage_key),"
-    " j AS (UPDATE jobs SET status = 'cancelled', finished_at = now()"
-    " WHERE recording_id IN (SELECT id FROM m) AND status IN ('queued', 'running'))"
-    " SELECT id, storage_key FROM m"};
+    "rec_del_mark", "WITH m AS (UPDATE recordings SET deleted_at = now()"
+                    " WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL"
+                    " RETURNING id, storage_key, thumbnail_key),"
+                    " j AS (UPDATE jobs SET status = 'cancelled', finished_at = now()"
+                    " WHERE recording_id IN (SELECT id FROM m) AND status IN ('queued', 'running'))"
+                    " SELECT id, storage_key, thumbnail_key FROM m"};
 
 /* The delete event outlives the row (events.recording_id has no foreign
  * key), so an SSE client resuming later still learns of it. */
@@ -68,7 +74,7 @@ static struct db_stmt q_del_row = {
 
 static struct db_stmt q_leftovers = {
     "rec_leftovers",
-    "SELECT id, org_id, storage_key FROM recordings"
+    "SELECT id, org_id, storage_key, thumbnail_key FROM recordings"
     " WHERE deleted_at < now() - interval '10 minutes' ORDER BY deleted_at LIMIT 100"};
 
 /* ---- JSON ----------------------------------------------------------------- */
@@ -268,8 +274,10 @@ static void fin_moved(void *arg, int64_t stored, const char *err)
         free(f);
         return;
     }
-    const char *p[2] = {f->id, f->org_id};
-    if (!db_query(app.db, &q_uploaded, 2, p, fin_updated, f)) {
+    char attempts[16];
+    snprintf(attempts, sizeof attempts, "%d", cfg.job_max_attempts);
+    const char *p[3] = {f->id, f->org_id, attempts};
+    if (!db_query(app.db, &q_uploaded, 3, p, fin_updated, f)) {
         f->cb(f->arg, NULL, "database unavailable", "");
         free(f);
     }
@@ -305,9 +313,10 @@ struct del {
     void *arg;
 };
 
-static void remove_bytes(const char *id, const char *key)
+static void remove_bytes(const char *id, const char *key, const char *thumbnail_key)
 {
     if (key) storage_remove(key);
+    if (thumbnail_key) storage_remove(thumbnail_key);
     storage_upload_remove(id);
 }
 
@@ -329,7 +338,9 @@ static void del_marked(void *arg, const struct db_res *res, const char *err, con
     }
     /* Marked and out of every listing: the bytes go before the row, so a
      * crash in between leaves a marked row to finish, never orphan files. */
-    remove_bytes(d->id, db_str(res, 0, 1));
+    remove_bytes(d->id, db_str(res, 0, 1), db_str(res, 0, 2));
+    /* running stages here stop now (other processes' at their heartbeat) */
+    pipeline_cancel_recording(d->id);
     const char *p[2] = {d->id, d->org_id};
     if (!db_query(app.db, &q_del_row, 2, p, del_row_done, d)) {
         d->done(d->arg, 503, "database unavailable", "");
@@ -365,7 +376,7 @@ static void leftovers_found(void *arg, const struct db_res *res, const char *err
     }
     for (int i = 0; i < db_nrows(res); i++) {
         const char *id = db_str(res, i, 0);
-        remove_bytes(id, db_str(res, i, 2));
+        remove_bytes(id, db_str(res, i, 2), db_str(res, i, 3));
         const char *p[2] = {id, db_str(res, i, 1)};
         db_query(app.db, &q_del_row, 2, p, NULL, NULL);
         log_msg(LOG_INFO, "finished an interrupted delete", "recording_id", id);

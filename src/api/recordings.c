@@ -15,6 +15,7 @@
 #include "reeld/db.h"
 #include "reeld/http.h"
 #include "reeld/media.h"
+#include "reeld/pipeline.h"
 #include "reeld/recording.h"
 #include "reeld/signurl.h"
 #include "reeld/util.h"
@@ -486,6 +487,74 @@ static void destroy(struct http_req *r)
     auth_request(r, 1, delete_authed);
 }
 
+/* POST /api/recordings/{id}/retry {stage?} and /document/regenerate
+ * {model?} (owner or admin): 202 once the job is queued. */
+static void again_done(void *arg, int status, const char *msg)
+{
+    struct rq *q = arg;
+    if (status == 202) {
+        struct json_object *o = json_object_new_object();
+        json_object_object_add(o, "accepted", json_object_new_boolean(1));
+        http_reply_json(q->r, 202, o);
+    } else if (status == 404) {
+        not_found(q->r);
+    } else if (status == 409) {
+        http_reply_error(q->r, 409, "conflict", msg);
+    } else {
+        api_db_error(q->r, msg ? msg : "failed", "");
+    }
+}
+
+static void retry_act(struct rq *q, const struct db_res *res)
+{
+    (void)res;
+    if (pipeline_retry(q->ctx.org_id, q->id, q->title, again_done, q) != 0) busy(q->r);
+}
+
+static void regenerate_act(struct rq *q, const struct db_res *res)
+{
+    (void)res;
+    if (pipeline_regenerate(q->ctx.org_id, q->id, q->title, again_done, q) != 0) busy(q->r);
+}
+
+/* An empty body is an empty object here: both members are optional. */
+static int opt_body_str(struct http_req *r, const char *field, size_t maxlen, const char **out)
+{
+    *out = NULL;
+    if (!r->json) return 0;
+    if (api_need_object(r)) return -1;
+    return api_opt_str(r, field, 1, maxlen, out);
+}
+
+static void retry_authed(struct http_req *r, const struct auth_ctx *ctx)
+{
+    struct rq *q = rq_new(r, ctx);
+    if (!q || opt_body_str(r, "stage", 32, &q->title)) return;
+    if (q->title && !pipeline_is_stage(q->title)) {
+        http_reply_error(r, 422, "invalid_request",
+                         "stage must be transcription, document, embedding or publication");
+        return;
+    }
+    mut_start(q, retry_act);
+}
+
+static void regenerate_authed(struct http_req *r, const struct auth_ctx *ctx)
+{
+    struct rq *q = rq_new(r, ctx);
+    if (!q || opt_body_str(r, "model", 200, &q->title)) return;
+    mut_start(q, regenerate_act);
+}
+
+static void retry(struct http_req *r)
+{
+    auth_request(r, 1, retry_authed);
+}
+
+static void regenerate(struct http_req *r)
+{
+    auth_request(r, 1, regenerate_authed);
+}
+
 void api_recording_routes(struct http_server *s)
 {
     struct http_route_opts json = {.body = HTTP_BODY_JSON, .max_body = 0};
@@ -496,4 +565,6 @@ void api_recording_routes(struct http_server *s)
     http_route(s, "PUT", "/api/recordings/:id", update, &json);
     http_route(s, "POST", "/api/recordings/:id/complete", complete, &json);
     http_route(s, "DELETE", "/api/recordings/:id", destroy, NULL);
+    http_route(s, "POST", "/api/recordings/:id/retry", retry, &json);
+    http_route(s, "POST", "/api/recordings/:id/document/regenerate", regenerate, &json);
 }

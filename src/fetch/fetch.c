@@ -41,6 +41,7 @@ struct fetch_sock {
 struct fetch_req {
     struct fetch *f;
     CURL *easy;
+    curl_mime *mime; /* multipart body, or NULL */
     struct curl_slist *hdrs;
     fetch_data_cb on_data;
     fetch_done_cb done;
@@ -102,6 +103,8 @@ static void req_destroy(struct fetch_req *r)
     TAILQ_REMOVE(&f->reqs, r, all);
     if (r->in_multi) curl_multi_remove_handle(f->multi, r->easy);
     curl_easy_cleanup(r->easy);
+    /* After the easy handle, as curl_mime_free's documentation asks. */
+    curl_mime_free(r->mime);
     curl_slist_free_all(r->hdrs);
     free(r->body);
     free(r->content_type);
@@ -446,6 +449,19 @@ static int has_crlf(const char *s)
     return strpbrk(s, "\r\n") != NULL;
 }
 
+static int parts_ok(const struct fetch_opts *o)
+{
+    if (!o->nparts) return 1;
+    if (!o->parts || o->body) return 0;
+    for (size_t i = 0; i < o->nparts; i++) {
+        const struct fetch_part *p = &o->parts[i];
+        if (!p->name || !*p->name || (p->data && p->path) || (!p->data && !p->path) ||
+            (!p->data && p->data_len))
+            return 0;
+    }
+    return 1;
+}
+
 static int method_ok(const char *m)
 {
     if (!*m) return 0;
@@ -474,9 +490,34 @@ static int set_headers(struct fetch_req *r, const char *const *headers)
     return 0;
 }
 
+static int set_mime(struct fetch_req *r, const struct fetch_opts *o)
+{
+    r->mime = curl_mime_init(r->easy);
+    if (!r->mime) return -1;
+    for (size_t i = 0; i < o->nparts; i++) {
+        const struct fetch_part *p = &o->parts[i];
+        curl_mimepart *mp = curl_mime_addpart(r->mime);
+        if (!mp || curl_mime_name(mp, p->name) != CURLE_OK) return -1;
+        if (p->path) {
+            if (curl_mime_filedata(mp, p->path) != CURLE_OK) return -1;
+        } else if (curl_mime_data(mp, p->data, p->data_len) != CURLE_OK) {
+            return -1;
+        }
+        if (p->filename && curl_mime_filename(mp, p->filename) != CURLE_OK) return -1;
+        if (p->content_type && curl_mime_type(mp, p->content_type) != CURLE_OK) return -1;
+    }
+    return curl_easy_setopt(r->easy, CURLOPT_MIMEPOST, r->mime) == CURLE_OK ? 0 : -1;
+}
+
 static int set_method(CURL *e, const char *method, const struct fetch_opts *o)
 {
     int bad = 0;
+    if (o->nparts) {
+        /* MIMEPOST makes it a POST; another verb rides on top of it. */
+        if (strcmp(method, "POST") != 0)
+            bad |= curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method) != CURLE_OK;
+        return bad ? -1 : 0;
+    }
     if (strcmp(method, "GET") == 0 && !o->body) {
         bad |= curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) != CURLE_OK;
         return bad ? -1 : 0;
@@ -532,16 +573,19 @@ static int set_options(struct fetch_req *r, const struct fetch_opts *o, const ch
          * may hold back a stream's small pieces. */
         bad |= curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "") != CURLE_OK;
     }
-    if (bad || set_headers(r, o->headers) < 0 || set_method(e, method, o) < 0) return -1;
+    if (bad || set_headers(r, o->headers) < 0 || (o->nparts && set_mime(r, o) < 0) ||
+        set_method(e, method, o) < 0)
+        return -1;
     return curl_easy_setopt(e, CURLOPT_HTTPHEADER, r->hdrs) == CURLE_OK ? 0 : -1;
 }
 
 struct fetch_req *fetch_start(struct fetch *f, const struct fetch_opts *o, fetch_done_cb done,
                               void *arg)
 {
-    if (!f || !o || !o->url || !*o->url || has_crlf(o->url) || (!o->body && o->body_len))
+    if (!f || !o || !o->url || !*o->url || has_crlf(o->url) || (!o->body && o->body_len) ||
+        !parts_ok(o))
         return NULL;
-    const char *method = o->method ? o->method : (o->body ? "POST" : "GET");
+    const char *method = o->method ? o->method : (o->body || o->nparts ? "POST" : "GET");
     if (!method_ok(method)) return NULL;
     struct fetch_req *r = calloc(1, sizeof *r);
     if (!r) return NULL;

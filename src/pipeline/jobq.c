@@ -879,7 +879,7 @@ static void on_enqueue(void *arg, const struct db_res *res, const char *err, con
 static int enqueue(struct jobq *q, struct db_tx *tx, const struct jobq_new_job *s,
                    jobq_enqueue_cb cb, void *arg)
 {
-    if (!q || !s || !s->org_id || !s->recording_id || !util_is_uuid(s->org_id) ||
+    if ((!q && !tx) || !s || !s->org_id || !s->recording_id || !util_is_uuid(s->org_id) ||
         !util_is_uuid(s->recording_id) || !s->stage || !*s->stage ||
         strlen(s->stage) > MAX_STAGE_NAME || s->delay_ms < 0 || s->delay_ms > MAX_DELAY_MS)
         return -1;
@@ -887,12 +887,15 @@ static int enqueue(struct jobq *q, struct db_tx *tx, const struct jobq_new_job *
     if (!op) return -1;
     char delay[24], max[16];
     snprintf(delay, sizeof delay, "%lld", s->delay_ms);
-    snprintf(max, sizeof max, "%d", s->max_attempts > 0 ? s->max_attempts : q->max_attempts);
+    snprintf(max, sizeof max, "%d",
+             s->max_attempts > 0 ? s->max_attempts
+             : q                 ? q->max_attempts
+                                 : JOBQ_DEFAULT_ATTEMPTS);
     const char *p[6] = {s->org_id, s->recording_id, s->stage, s->payload, delay, max};
     op->q = q;
     /* our own insert wakes our claim at once; a transaction's waits for
      * its commit's NOTIFY */
-    op->si = !tx && s->delay_ms == 0 ? stage_index(q, s->stage) : -1;
+    op->si = q && !tx && s->delay_ms == 0 ? stage_index(q, s->stage) : -1;
     op->cb = cb;
     op->arg = arg;
     int rc = tx ? db_tx_query(tx, &q_enqueue, 6, p, on_enqueue, op)
@@ -1274,7 +1277,7 @@ struct jobq *jobq_new(struct event_base *base, struct db_pool *db, const struct 
     q->backoff_base_ms = o->backoff_base_ms > 0 ? o->backoff_base_ms : 1000;
     q->backoff_cap_ms = o->backoff_cap_ms > 0 ? o->backoff_cap_ms : 600000;
     if (q->backoff_cap_ms < q->backoff_base_ms) q->backoff_cap_ms = q->backoff_base_ms;
-    q->max_attempts = o->max_attempts > 0 ? o->max_attempts : 5;
+    q->max_attempts = o->max_attempts > 0 ? o->max_attempts : JOBQ_DEFAULT_ATTEMPTS;
     snprintf(q->lease_str, sizeof q->lease_str, "%d", q->lease_ms);
     q->nstages = o->nstages;
     q->stages = calloc((size_t)o->nstages, sizeof *q->stages);

@@ -108,6 +108,10 @@ class Reeld:
             shutil.rmtree(self.tmp, ignore_errors=True)
 
     def start(self, timeout=20):
+        """Starts reeld serve (again after stop(): same port, data dir and
+        database; the log file goes on)."""
+        if self.proc and self.proc.stdout:
+            self.proc.stdout.close()
         self.proc = subprocess.Popen([BIN, "serve"], env=self.env, stdout=subprocess.PIPE,
                                      stderr=self.logf, text=True)
         deadline = time.time() + timeout
@@ -123,9 +127,24 @@ class Reeld:
         raise RuntimeError("reeld not answering")
 
     def log(self):
-        self.logf.flush()
-        self.logf.seek(0)
-        return self.logf.read()
+        # a file description of its own: seeking self.logf, which the
+        # child writes through, would move the child's write offset
+        with open(self.logf.name) as f:
+            return f.read()
+
+    def log_records(self, msg=None):
+        """The JSON log lines (those with msg when given), parsed."""
+        out = []
+        for ln in self.log().splitlines():
+            if not ln.startswith("{"):
+                continue
+            try:
+                rec = json.loads(ln)
+            except ValueError:
+                continue  # a line cut short by a SIGKILL
+            if msg is None or rec.get("msg") == msg:
+                out.append(rec)
+        return out
 
     def stop(self, sig=15, timeout=15):
         if self.proc and self.proc.poll() is None:

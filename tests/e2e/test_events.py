@@ -10,6 +10,7 @@ import os
 import socket
 import time
 
+import sseutil
 from harness import Reeld, assert_error, done, eq, psql, run_all
 from tusutil import Org, metadata, public_env, tus_create
 
@@ -20,106 +21,11 @@ A = Org(r, "eva")
 B = Org(r, "evb")
 
 
-class Stream:
-    """One SSE connection; events() decodes the chunked body as it comes."""
+class Stream(sseutil.Stream):
+    """An SSE connection to this file's reeld."""
 
     def __init__(self, token=None, query="", headers=None):
-        self.s = socket.create_connection(("127.0.0.1", r.port), timeout=10)
-        h = {"Host": "x", "Accept": "text/event-stream"}
-        if token:
-            h["Authorization"] = f"Bearer {token}"
-        h.update(headers or {})
-        req = f"GET /api/events{query} HTTP/1.1\r\n" + \
-            "".join(f"{k}: {v}\r\n" for k, v in h.items()) + "\r\n"
-        self.s.sendall(req.encode())
-        self.raw = b""
-        while b"\r\n\r\n" not in self.raw:
-            b = self.s.recv(65536)
-            if not b:
-                break
-            self.raw += b
-        head, _, self.raw = self.raw.partition(b"\r\n\r\n")
-        lines = head.decode().split("\r\n")
-        self.status = int(lines[0].split()[1])
-        self.headers = {k.strip().lower(): v.strip()
-                        for k, _, v in (ln.partition(":") for ln in lines[1:])}
-        self.text = ""
-        self.ended = False
-
-    def body(self):
-        """The rest of a complete (non-stream) response."""
-        n = int(self.headers.get("content-length", "0"))
-        while len(self.raw) < n:
-            b = self.s.recv(65536)
-            if not b:
-                break
-            self.raw += b
-        return self.raw[:n]
-
-    def _decode(self):
-        while True:
-            i = self.raw.find(b"\r\n")
-            if i < 0:
-                return
-            size = int(self.raw[:i].split(b";")[0], 16)
-            if size == 0:
-                self.ended = True
-                return
-            if len(self.raw) < i + 2 + size + 2:
-                return
-            self.text += self.raw[i + 2:i + 2 + size].decode()
-            self.raw = self.raw[i + 2 + size + 2:]
-
-    def next(self, timeout=10):
-        """The next block: {"id", "event", "data"} or {"comment"}; None on
-        timeout or end of stream."""
-        deadline = time.time() + timeout
-        while "\n\n" not in self.text:
-            if self.ended or time.time() > deadline:
-                return None
-            self.s.settimeout(max(0.05, deadline - time.time()))
-            try:
-                b = self.s.recv(65536)
-            except socket.timeout:
-                return None
-            if not b:
-                self.ended = True
-                return None
-            self.raw += b
-            self._decode()
-        block, _, self.text = self.text.partition("\n\n")
-        ev = {}
-        for ln in block.split("\n"):
-            k, _, v = ln.partition(":")
-            v = v[1:] if v.startswith(" ") else v
-            if k == "":
-                ev["comment"] = v
-            elif k == "data":
-                ev["data"] = (ev["data"] + "\n" + v) if "data" in ev else v
-            else:
-                ev[k] = v
-        if "data" in ev:
-            ev["data"] = json.loads(ev["data"])
-        return ev
-
-    def event(self, pred=lambda e: True, timeout=15):
-        """The next event (comments skipped) satisfying pred; events that do
-        not are collected in self.skipped."""
-        self.skipped = []
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            e = self.next(timeout=deadline - time.time())
-            if e is None:
-                break
-            if "id" not in e:
-                continue
-            if pred(e):
-                return e
-            self.skipped.append(e)
-        raise AssertionError(f"no matching event; skipped {self.skipped[:5]!r}")
-
-    def close(self):
-        self.s.close()
+        super().__init__(r, token, query, headers)
 
 
 def _max_id(org=None):

@@ -19,7 +19,8 @@ import urllib.parse
 
 from harness import Reeld, assert_error, done, eq, psql, run_all
 
-r = Reeld(env={"REELD_UPLOAD_SWEEP_S": "1"})
+# No pipeline stage runs here: a finished upload stays 'uploaded'.
+r = Reeld(env={"REELD_UPLOAD_SWEEP_S": "1", "REELD_WORKERS": "off"})
 PUBLIC = f"http://127.0.0.1:{r.port}"
 r.env["REELD_PUBLIC_URL"] = PUBLIC
 r.start()

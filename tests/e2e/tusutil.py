@@ -1,12 +1,14 @@
 """Helpers the upload tests share (test_tus_client, test_authz_matrix,
-test_disk_full): raw tus 1.0.0 requests against a Reeld, an organization
-with members, random files, the tus-js-client scripts of tests/e2e/js and
-downloads that hash what they read."""
+test_disk_full, test_pipeline, test_pipeline_crash): raw tus 1.0.0
+requests against a Reeld, an organization with members, random files,
+speech videos, the tus-js-client scripts of tests/e2e/js and downloads
+that hash what they read."""
 import base64
 import hashlib
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import time
 import urllib.parse
@@ -16,9 +18,10 @@ from harness import ROOT, eq, psql
 JS_DIR = os.path.join(ROOT, "tests", "e2e", "js")
 TUS = {"Tus-Resumable": "1.0.0"}
 OCTETS = "application/offset+octet-stream"
-# Statuses that come after the upload in SPEC 7's state list.
-AFTER_UPLOAD = {"uploaded", "transcribing", "transcribed", "doc_generating", "embedding",
-                "completed"}
+# The statuses a recording goes through after its upload (SPEC 7, 8), in order.
+PIPELINE_ORDER = ["uploaded", "transcribing", "transcribed", "doc_generating", "embedding",
+                  "completed"]
+AFTER_UPLOAD = set(PIPELINE_ORDER)
 
 
 def public_env(r):
@@ -123,6 +126,25 @@ def random_file(dirname, name, size):
             f.write(b)
             left -= len(b)
     return path, h.hexdigest()
+
+
+def speech_video(dirname, sentence, name="speech.mp4"):
+    """dirname/name (made once): an MP4 with a 320x240 test pattern and the
+    sentence as its sound track, spoken by flite's slt voice (pocketsphinx
+    recognizes it; espeak-ng's formant voice comes back as other words)."""
+    path = os.path.join(dirname, name)
+    if os.path.exists(path):
+        return path
+    if not shutil.which("flite"):
+        raise RuntimeError("flite is needed (scripts/deps.sh TEST_PKGS)")
+    wav = path + ".wav"
+    subprocess.run(["flite", "-voice", "slt", "-t", sentence, "-o", wav], check=True,
+                   capture_output=True, timeout=60)
+    subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-f", "lavfi", "-i",
+                    "testsrc=size=320x240:rate=10", "-i", wav, "-shortest", "-c:v", "libx264",
+                    "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", path],
+                   check=True, capture_output=True, timeout=120)
+    return path
 
 
 def read_range(path, start, end):

@@ -86,6 +86,9 @@ FIELDS = [
     ("embed_dim", int, 1536, "embedding dimensions when the request gives none"),
     ("embed_max_inputs", int, 2048, "embeddings: more inputs answer 400"),
     ("embed_max_tokens", int, 8192, "embeddings: tokens per input above this answer 400"),
+    ("embed_ignore_dimensions", bool, False,
+     "embeddings: answer embed_dim dimensions whatever the request's dimensions say"),
+    ("embed_reverse", bool, False, "embeddings: list data in reverse index order"),
     ("transcript", str, None,
      "transcription text (default: deterministic words derived from the file size)"),
     ("language", str, "english", "transcription language"),
@@ -1047,12 +1050,14 @@ async def handle_embeddings(app, conn, req, rec, resp_factory):
             f"you requested {worst} tokens ({worst} in your prompt; 0 for the completion). "
             "Please reduce your prompt; or completion length."))
         return resp.keep
-    dim = dim or beh.embed_dim
+    dim = beh.embed_dim if beh.embed_ignore_dimensions else (dim or beh.embed_dim)
     data = []
     for i, item in enumerate(items):
         vec = embed(item, dim)
         value = base64.b64encode(vec.tobytes()).decode() if fmt == "base64" else vec.tolist()
         data.append({"object": "embedding", "index": i, "embedding": value})
+    if beh.embed_reverse:
+        data.reverse()
     usage = {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}
     if isinstance(beh.usage, dict):
         usage.update(beh.usage)

@@ -129,6 +129,18 @@ static void h_echo(struct evhttp_request *req, void *arg)
     evbuffer_free(b);
 }
 
+/* Answers "<Content-Type>|<body>" for a multipart upload. */
+static void h_form(struct evhttp_request *req, void *arg)
+{
+    (void)arg;
+    const char *ct = evhttp_find_header(evhttp_request_get_input_headers(req), "Content-Type");
+    struct evbuffer *b = evbuffer_new();
+    evbuffer_add_printf(b, "%s|", ct ? ct : "");
+    evbuffer_add_buffer(b, evhttp_request_get_input_buffer(req));
+    evhttp_send_reply(req, 200, "OK", b);
+    evbuffer_free(b);
+}
+
 /* Chunked reply, one piece per timer tick. The client may go away
  * mid-stream (cancel, max_body): the close callback stops the ticks. */
 struct drip {
@@ -204,6 +216,7 @@ static int server_start(void)
     evhttp_set_cb(http, "/500", h_500, NULL);
     evhttp_set_cb(http, "/echo", h_echo, NULL);
     evhttp_set_cb(http, "/drip", h_drip, NULL);
+    evhttp_set_cb(http, "/form", h_form, NULL);
     return 0;
 }
 
@@ -325,6 +338,85 @@ static void post_large_body_is_sent_whole(void)
     CHECK(res.body_len > 6 && res.body[6] == 'a' &&
           res.body[res.body_len - 1] == (char)('a' + (n - 1) % 26));
     result_clear(&res);
+}
+
+static void multipart_sends_data_and_file_parts(void)
+{
+    struct result res = {0};
+    char url[128], path[] = "/tmp/reeld-fetch-XXXXXX";
+    url_of(url, sizeof url, "/form");
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    /* Binary content, NULs included, bigger than one read. */
+    size_t flen = 100000;
+    unsigned char *fdata = malloc(flen);
+    for (size_t i = 0; i < flen; i++)
+        fdata[i] = big_byte(i);
+    CHECK(write(fd, fdata, flen) == (ssize_t)flen);
+    close(fd);
+    char model[] = "whisper-1";
+    struct fetch_part parts[] = {
+        {.name = "file", .path = path, .filename = "audio.mp3", .content_type = "audio/mpeg"},
+        {.name = "model", .data = model, .data_len = strlen(model)},
+        {.name = "timestamp_granularities[]", .data = "word", .data_len = 4},
+    };
+    struct fetch_opts o = {.url = url, .parts = parts, .nparts = 3};
+    CHECK(start(&o, on_done, &res) != NULL);
+    memset(model, 'x', strlen(model)); /* copied by fetch_start */
+    CHECK(t_run_until(base, &res.calls, WAIT_MS));
+    CHECK(res.err == NULL);
+    CHECK(res.status == 200);
+    const char *bnd = res.body ? strstr(res.body, "boundary=") : NULL;
+    CHECK(res.body && strncmp(res.body, "multipart/form-data; boundary=", 30) == 0 && bnd);
+    if (bnd && res.body) {
+        bnd += strlen("boundary=");
+        const char *bar = strchr(bnd, '|');
+        CHECK(bar != NULL);
+        char b[128];
+        snprintf(b, sizeof b, "--%.*s", (int)(bar - bnd), bnd);
+        const char *body = bar + 1;
+        size_t blen = res.body_len - (size_t)(body - res.body);
+        CHECK(blen > flen && memcmp(body, b, strlen(b)) == 0);
+        const char *h1 = "Content-Disposition: form-data; name=\"file\"; filename=\"audio.mp3\"\r\n"
+                         "Content-Type: audio/mpeg\r\n\r\n";
+        const char *p1 = memmem(body, blen, h1, strlen(h1));
+        CHECK(p1 != NULL);
+        if (p1) {
+            const char *c = p1 + strlen(h1);
+            CHECK((size_t)(body + blen - c) > flen + 2 && memcmp(c, fdata, flen) == 0 &&
+                  memcmp(c + flen, "\r\n", 2) == 0);
+        }
+        const char *f2 = "Content-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n";
+        CHECK(memmem(body, blen, f2, strlen(f2)) != NULL);
+        const char *f3 = "name=\"timestamp_granularities[]\"\r\n\r\nword\r\n";
+        CHECK(memmem(body, blen, f3, strlen(f3)) != NULL);
+        char end[160];
+        snprintf(end, sizeof end, "%s--\r\n", b);
+        CHECK(blen >= strlen(end) && memcmp(body + blen - strlen(end), end, strlen(end)) == 0);
+    }
+    result_clear(&res);
+
+    /* A file that cannot be read is bad input: no request, no callback. */
+    unlink(path);
+    CHECK(start(&o, on_done, &res) == NULL);
+
+    /* Bad parts are refused at start, with no callback. */
+    struct fetch_part noname = {.data = "x", .data_len = 1};
+    struct fetch_part both = {.name = "a", .data = "x", .data_len = 1, .path = path};
+    struct fetch_part neither = {.name = "a"};
+    struct fetch_opts bad = {.url = url, .parts = &noname, .nparts = 1};
+    CHECK(start(&bad, on_done, &res) == NULL);
+    bad.parts = &both;
+    CHECK(start(&bad, on_done, &res) == NULL);
+    bad.parts = &neither;
+    CHECK(start(&bad, on_done, &res) == NULL);
+    struct fetch_opts with_body = {
+        .url = url, .body = "x", .body_len = 1, .parts = parts, .nparts = 1};
+    CHECK(start(&with_body, on_done, &res) == NULL);
+    t_run_for(base, 50);
+    CHECK(res.calls == 0);
+    CHECK(fetch_active(f) == 0);
+    free(fdata);
 }
 
 static void status_429_carries_retry_after_seconds(void)
@@ -867,6 +959,7 @@ int main(void)
     TEST(get_ok_reports_status_body_and_content_type);
     TEST(post_sends_body_and_custom_header);
     TEST(post_large_body_is_sent_whole);
+    TEST(multipart_sends_data_and_file_parts);
     TEST(status_429_carries_retry_after_seconds);
     TEST(retry_after_ms_header_wins);
     TEST(status_500_is_a_response_not_an_error);
