@@ -238,11 +238,26 @@ static int cmd_routes(void)
 
 /* ---- serve ----------------------------------------------------------- */
 
+/* A graceful stop waits for two things: the connections to drain and the
+ * running jobs to be handed back to the queue. */
+static int stop_waiting;
+
+static void stop_step(void)
+{
+    if (--stop_waiting == 0) event_base_loopexit(app.base, NULL);
+}
+
 static void on_drained(void *arg)
 {
     (void)arg;
     log_msg(LOG_INFO, "all connections closed", NULL, NULL);
-    event_base_loopexit(app.base, NULL);
+    stop_step();
+}
+
+static void on_released(void *arg)
+{
+    (void)arg;
+    stop_step();
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -260,7 +275,8 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     /* the server drains within the grace; the hard stop guarantees exit */
     struct timeval tv = {cfg.shutdown_grace_s + 1, 0};
     evtimer_add(hard_stop_ev, &tv);
-    pipeline_stop(NULL, NULL);
+    stop_waiting = 2;
+    if (pipeline_release(on_released, NULL) != 0) stop_waiting--;
     http_server_shutdown(app.http, cfg.shutdown_grace_s, on_drained, NULL);
 }
 

@@ -145,6 +145,18 @@ struct jobq *jobq_new(struct event_base *base, struct db_pool *db, const struct 
  * replaces on_idle. */
 void jobq_stop(struct jobq *q, void (*on_idle)(void *arg), void *arg);
 
+/* A graceful stop: stops claiming (as jobq_stop, keeping its on_idle),
+ * cancels every job whose handler is still running (cancel hooks; a stage
+ * without one is left to finish, its result ignored) and puts those jobs
+ * back to queued in one statement, their attempt given back, so that
+ * another process, or this one restarted, takes them at once instead of
+ * after the lease. Jobs whose completion is being written are left to it.
+ * cb (may be NULL) gets the number of jobs released, or -1 when the
+ * statement failed (they are then taken over after their lease); it runs
+ * from the loop, never inside this call. Returns 0, or -1 (no callback)
+ * when the queue is being freed or the pool refuses. */
+int jobq_release(struct jobq *q, void (*cb)(void *arg, int nreleased), void *arg);
+
 /* Frees the queue after db_pool_free (see the top). Every job whose
  * handler still runs gets its cancel hook; a job whose stage has none
  * stays allocated until its handler gives it back (which then only frees

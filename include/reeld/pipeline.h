@@ -33,9 +33,13 @@ struct evbuffer;
  * or -1 with err. */
 int pipeline_start(char *err, size_t errlen);
 
-/* Stops claiming new jobs; on_idle (may be NULL) runs from the loop once
- * no stage handler of this process runs any more. */
-void pipeline_stop(void (*on_idle)(void *arg), void *arg);
+/* SIGTERM: stops claiming, cancels the stages running here and puts
+ * their jobs back in the queue for another process (or this one after a
+ * restart) at once (jobq_release). done runs from the loop when that is
+ * written (or failed: the jobs are then taken over after their lease).
+ * Returns -1 (done never runs) when there is nothing to release (workers
+ * off) or it cannot start. */
+int pipeline_release(void (*done)(void *arg), void *arg);
 
 /* After db_pool_free (jobq.h's order): frees the workers, cancelling
  * handlers still running (their jobs are taken over after the lease). */

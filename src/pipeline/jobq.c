@@ -75,6 +75,14 @@ static struct db_stmt q_fail = {
     " WHERE id = $1 AND leased_by = $2 AND status = 'running'"
     " RETURNING status"};
 
+/* $1 worker, $2 job ids. The run did not fail: its attempt is given
+ * back. */
+static struct db_stmt q_release = {
+    "jobq_release",
+    "UPDATE jobs SET status = 'queued', run_at = now(), attempts = greatest(attempts - 1, 0),"
+    " lease_expires_at = NULL, last_error = 'released by ' || $1 || ' at shutdown'"
+    " WHERE id = ANY($2::bigint[]) AND leased_by = $1 AND status = 'running'"};
+
 /* $1 worker, $2 lease ms, $3 job ids. */
 static struct db_stmt q_heartbeat = {
     "jobq_heartbeat",
@@ -1325,6 +1333,65 @@ void jobq_stop(struct jobq *q, void (*on_idle)(void *arg), void *arg)
     for (int i = 0; i < q->nstages; i++)
         event_del(q->stages[i].wake);
     check_idle(q);
+}
+
+struct release_op {
+    void (*cb)(void *arg, int nreleased);
+    void *arg;
+};
+
+static void on_release(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
+{
+    struct release_op *op = arg;
+    (void)sqlstate;
+    int n = err ? -1 : (int)db_affected(res);
+    if (err)
+        log_msg(LOG_WARN, "jobs not released; they are taken over after their lease", "error", err);
+    if (op->cb) op->cb(op->arg, n);
+    free(op);
+}
+
+int jobq_release(struct jobq *q, void (*cb)(void *arg, int nreleased), void *arg)
+{
+    if (!q || q->freeing) return -1;
+    jobq_stop(q, q->on_idle, q->idle_arg);
+    /* {id,id,...} of the jobs whose handler still works, cancelled first
+     * so that none of them writes after the release */
+    size_t cap = 3 + (size_t)q->njobs * 21, len = 0;
+    char *ids = malloc(cap);
+    if (!ids) return -1;
+    ids[len++] = '{';
+    for (;;) {
+        struct job *j = q->jobs;
+        while (j && j->state != J_RUNNING)
+            j = j->next;
+        if (!j) break;
+        const struct stage *st = &q->stages[j->si];
+        len += (size_t)snprintf(ids + len, cap - len, "%s%lld", len > 1 ? "," : "", j->pub.id);
+        if (st->def.cancel) {
+            j->state = J_DROPPING;
+            st->def.cancel(st->def.arg, &j->pub);
+            release_slot(j);
+            job_free(j);
+        } else {
+            j->state = J_ORPHAN;
+            j->orphan = 1;
+        }
+    }
+    ids[len++] = '}';
+    ids[len] = '\0';
+    struct release_op *op = malloc(sizeof *op);
+    const char *p[2] = {q->worker_id, ids};
+    if (!op || !db_query(q->db, &q_release, 2, p, on_release, op)) {
+        free(op);
+        free(ids);
+        return -1;
+    }
+    op->cb = cb;
+    op->arg = arg;
+    free(ids);
+    check_idle(q);
+    return 0;
 }
 
 void jobq_free(struct jobq *q)

@@ -844,9 +844,34 @@ int pipeline_start(char *err, size_t errlen)
     return 0;
 }
 
-void pipeline_stop(void (*on_idle)(void *arg), void *arg)
+struct release_cb {
+    void (*done)(void *arg);
+    void *arg;
+};
+
+static void released(void *arg, int n)
 {
-    if (queue) jobq_stop(queue, on_idle, arg);
+    struct release_cb *rc = arg;
+    if (n >= 0) {
+        struct log_line *l = log_begin(LOG_INFO, "running jobs released for other workers");
+        log_int(l, "jobs", n);
+        log_end(l);
+    }
+    rc->done(rc->arg);
+    free(rc);
+}
+
+int pipeline_release(void (*done)(void *arg), void *arg)
+{
+    struct release_cb *rc = queue ? malloc(sizeof *rc) : NULL;
+    if (!rc) return -1;
+    rc->done = done;
+    rc->arg = arg;
+    if (jobq_release(queue, released, rc) != 0) {
+        free(rc);
+        return -1;
+    }
+    return 0;
 }
 
 void pipeline_free(void)

@@ -186,6 +186,32 @@ def auto_publish_publishes_on_completion():
     eq(st, 200, "share page")
 
 
+def sigterm_hands_a_running_stage_back_for_the_next_process():
+    fake.reset()
+    fake.defaults(transcript=TRANSCRIPT)
+    fake.script({"transcriptions": [{"latency_ms": 20000}]})
+    s = sseutil.Stream(r, A.owner)
+    rid = upload_js(r, A.owner, _video, "Interrupted")
+    statuses(s, rid, {"transcribing"}, timeout=30)
+    s.close()
+    fake.wait_for(lambda st: st["requests"].get("transcriptions", 0) >= 1)
+    t0 = time.time()
+    eq(r.stop(sig=15), 0, "exit status")
+    if time.time() - t0 > 5:
+        raise AssertionError("the stop waited for the stage")
+    eq(psql(f"SELECT status || ' ' || attempts FROM jobs WHERE recording_id = '{rid}' "
+            f"AND stage = 'transcription'", db=r.db), "queued 0", "the job, handed back")
+    if not r.log_records("running jobs released for other workers"):
+        raise AssertionError("no release logged")
+    r.start()  # the lease (60 s by default) is not waited for
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if psql(f"SELECT status FROM recordings WHERE id = '{rid}'", db=r.db) == "completed":
+            return
+        time.sleep(0.2)
+    raise AssertionError("not completed after the restart")
+
+
 run_all(globals())
 r.stop()
 fake.stop()

@@ -858,6 +858,43 @@ static void test_stop_claims_nothing_more_and_reports_idle_when_handlers_end(voi
     jobq_free(q);
 }
 
+static void on_released(void *arg, int n)
+{
+    *(int *)arg = n + 100; /* 100 + jobs released: set even for 0 */
+}
+
+static void test_release_hands_running_jobs_back_at_once_with_their_attempt(void)
+{
+    char r1[37];
+    reset();
+    new_recording(r1);
+    struct db_pool *dba = pool_new("w-going");
+    struct worker wa = {.mode = M_HOLD}, wb = {.mode = M_DONE};
+    struct jobq_stage sa[] = {stage_for("transcription", &wa, 1, 1, 0)};
+    struct jobq_opts o = {.lease_ms = 60000};
+    struct jobq *qa = queue_new(dba, "w-going", sa, 1, &o);
+    long long id = enqueue_wait(qa, r1, "transcription", NULL, 0, 0);
+    CHECK(t_run_cond(base, held_one, &wa, 30) == 0);
+    int released = 0;
+    CHECK(jobq_release(qa, on_released, &released) == 0);
+    CHECK(wa.cancels == 1 && wa.nheld == 0); /* the handler was told to stop */
+    CHECK(t_run_cond(base, t_flag_set, &released, 30) == 0);
+    CHECK(released == 101);
+    CHECK_STR(q1("SELECT status || ' ' || attempts FROM jobs WHERE id = %lld", id), "queued 0");
+    /* another worker takes it at once, not after the minute-long lease */
+    struct db_pool *dbb = pool_new("w-next");
+    struct jobq_stage sb[] = {stage_for("transcription", &wb, 1, 1, 0)};
+    struct jobq *qb = queue_new(dbb, "w-next", sb, 1, &o);
+    CHECK(wait_sql("done", "SELECT status FROM jobs WHERE id = %lld", id) == 0);
+    CHECK_STR(q1("SELECT attempts || ' ' || leased_by FROM jobs WHERE id = %lld", id), "1 w-next");
+    /* the stopped queue claims nothing more */
+    CHECK(wa.runs == 1);
+    db_pool_free(dba);
+    jobq_free(qa);
+    db_pool_free(dbb);
+    jobq_free(qb);
+}
+
 struct noted {
     int calls, ok;
 };
@@ -1085,6 +1122,7 @@ int main(void)
     TEST(test_completion_in_a_transaction_commits_only_while_the_job_is_held);
     TEST(test_lease_expired_on_the_last_attempt_fails_through_the_hook);
     TEST(test_stop_claims_nothing_more_and_reports_idle_when_handlers_end);
+    TEST(test_release_hands_running_jobs_back_at_once_with_their_attempt);
     TEST(test_provider_job_is_recorded_while_the_job_is_held);
     TEST(test_bench_script_runs_the_queues_own_sql);
     TEST(test_bad_input_is_refused_without_crashing);
