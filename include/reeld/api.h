@@ -46,9 +46,14 @@ void api_recording_routes(struct http_server *s);
 void api_upload_routes(struct http_server *s);
 void api_events_routes(struct http_server *s);
 void api_search_routes(struct http_server *s);
+void api_chat_routes(struct http_server *s);
 /* A search or chat scope: "all" (or absent) gives *rec NULL;
  * "recording:<uuid>" (or the seed's "record:<uuid>") points *rec at the
  * uuid inside scope. Returns -1 when malformed. */
 int api_parse_scope(const char *scope, const char **rec);
+/* A search match as the API shows it (SPEC 8 matches, SPEC 9 references:
+ * the same without end_ms). */
+struct search_match;
+struct json_object *api_match_json(const struct search_match *m, int with_end);
 
 #endif

@@ -116,6 +116,11 @@ void fetch_pause(struct fetch_req *r);
 /* Undo a pause; delivery continues from the loop, never from inside this
  * call. */
 void fetch_resume(struct fetch_req *r);
+/* The HTTP status of r's response as far as it has come: 0 before the
+ * status line, then the last one seen (a 1xx is replaced by the final
+ * status). Valid from r's first on_data call on, where it is the final
+ * status, so a streaming caller can tell an error body from the stream. */
+long fetch_status(const struct fetch_req *r);
 /* Requests started and neither completed nor cancelled. */
 int fetch_active(const struct fetch *f);
 

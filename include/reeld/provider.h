@@ -50,6 +50,7 @@ struct prov_status {
 /* Every provider's call handle starts with this. */
 struct prov_call {
     void (*cancel)(struct prov_call *c); /* drop the work, free the handle */
+    void (*resume)(struct prov_call *c); /* chat calls only (prov_chat_resume) */
 };
 
 /* Cancels a call: its requests and children go, no callback runs. NULL is
@@ -130,6 +131,67 @@ struct prov_embedder {
     struct prov_call *(*start)(const char *const *texts, size_t n, prov_embed_cb cb, void *arg);
 };
 
+/* ---- chat (the assistant's streamed answers, SPEC 9) ---------------------- */
+
+struct prov_chat_msg {
+    const char *role; /* "system", "user", "assistant" */
+    const char *content;
+};
+
+/* A numbered source of the prompt (sources[i] is [i + 1]). The prompt in
+ * messages already holds them; a provider without a model (local) answers
+ * from these instead. */
+struct prov_chat_source {
+    const char *title;
+    const char *text;
+    int64_t start_ms;
+    float score;
+};
+
+struct prov_chat_in {
+    const struct prov_chat_msg *messages; /* system first, the question last */
+    size_t nmessages;
+    const struct prov_chat_source *sources;
+    size_t nsources;
+    const char *query; /* the question, as asked */
+    const char *model; /* NULL: REELD_LLM_MODEL */
+    int max_tokens;    /* <= 0: the provider's default */
+};
+
+struct prov_chat_usage {
+    int prompt_tokens, completion_tokens; /* -1 when unknown */
+};
+
+/* Each piece of the answer, in order (UTF-8; a piece may be cut inside a
+ * character only if the upstream cut it so; the concatenation is the
+ * answer). Return 0 to go on, or 1 to pause: no more pieces come (and the
+ * provider reads nothing more from upstream, so the transfer stalls in TCP
+ * instead of in memory) until prov_chat_resume. The callback may call
+ * prov_cancel on its own call (then return 1). */
+typedef int (*prov_chat_piece_cb)(void *arg, const char *text, size_t len);
+
+/* Once, at the end: PROV_OK when the whole answer came (usage and the
+ * model that answered); else PROV_RETRY / PROV_FAIL with error. pieces is
+ * how many pieces were delivered before the end: a failure before any
+ * piece may be answered as "unavailable", one after it only as an error
+ * at the end of the stream. Failures before the first piece are retried
+ * inside the call (408, 409, 429 with Retry-After, 5xx, transport errors,
+ * timeouts) a few times within the call's time limit; after the first
+ * piece nothing is retried. */
+typedef void (*prov_chat_done_cb)(void *arg, const struct prov_status *st,
+                                  const struct prov_chat_usage *usage, const char *model,
+                                  size_t pieces);
+
+struct prov_chatter {
+    const char *name;
+    struct prov_call *(*start)(const struct prov_chat_in *in, prov_chat_piece_cb on_piece,
+                               prov_chat_done_cb done, void *arg);
+};
+
+/* Undoes a pause (the piece callback returned 1); pieces continue from the
+ * loop, never inside this call. */
+void prov_chat_resume(struct prov_call *c);
+
 /* ---- selection ------------------------------------------------------------ */
 
 /* The providers chosen by the configuration (cfg), set by prov_init. */
@@ -137,6 +199,7 @@ struct providers {
     const struct prov_transcriber *transcriber;
     const struct prov_writer *writer;
     const struct prov_embedder *embedder;
+    const struct prov_chatter *chatter; /* by REELD_LLM */
 };
 extern struct providers prov;
 
@@ -149,6 +212,7 @@ int prov_init(char *err, size_t errlen);
 extern const struct prov_transcriber prov_local_transcriber, prov_openai_transcriber;
 extern const struct prov_writer prov_local_writer, prov_openai_writer;
 extern const struct prov_embedder prov_local_embedder, prov_openai_embedder;
+extern const struct prov_chatter prov_local_chatter, prov_openai_chatter;
 
 /* Path of the reeld binary, for the local transcriber's `reeld asr` child
  * (set by main from /proc/self/exe; tests may point it elsewhere). */

@@ -15,4 +15,5 @@ void api_register(struct http_server *s)
     api_upload_routes(s);
     api_events_routes(s);
     api_search_routes(s);
+    api_chat_routes(s);
 }

@@ -30,6 +30,19 @@ static void search_aborted(struct http_req *r)
     http_reply_error(r, 503, "unavailable", "the client went away");
 }
 
+struct json_object *api_match_json(const struct search_match *m, int with_end)
+{
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "recording_id", json_object_new_string(m->recording_id));
+    api_json_add_str(o, "title", m->title);
+    json_object_object_add(o, "chunk_id", json_object_new_string(m->chunk_id));
+    json_object_object_add(o, "snippet", json_object_new_string(m->snippet));
+    json_object_object_add(o, "start_ms", json_object_new_int64(m->start_ms));
+    if (with_end) json_object_object_add(o, "end_ms", json_object_new_int64(m->end_ms));
+    json_object_object_add(o, "score", json_object_new_double((double)m->score));
+    return o;
+}
+
 static void answered(void *arg, int status, const char *err, const struct search_match *m, size_t n)
 {
     struct sq *q = arg;
@@ -40,17 +53,8 @@ static void answered(void *arg, int status, const char *err, const struct search
         return;
     }
     struct json_object *arr = json_object_new_array();
-    for (size_t i = 0; i < n; i++) {
-        struct json_object *o = json_object_new_object();
-        json_object_object_add(o, "recording_id", json_object_new_string(m[i].recording_id));
-        api_json_add_str(o, "title", m[i].title);
-        json_object_object_add(o, "chunk_id", json_object_new_string(m[i].chunk_id));
-        json_object_object_add(o, "snippet", json_object_new_string(m[i].snippet));
-        json_object_object_add(o, "start_ms", json_object_new_int64(m[i].start_ms));
-        json_object_object_add(o, "end_ms", json_object_new_int64(m[i].end_ms));
-        json_object_object_add(o, "score", json_object_new_double((double)m[i].score));
-        json_object_array_add(arr, o);
-    }
+    for (size_t i = 0; i < n; i++)
+        json_object_array_add(arr, api_match_json(&m[i], 1));
     struct json_object *out = json_object_new_object();
     json_object_object_add(out, "matches", arr);
     http_reply_json(q->r, 200, out);

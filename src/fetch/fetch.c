@@ -183,7 +183,18 @@ static size_t on_header(char *line, size_t size, size_t nitems, void *ud)
     size_t n = size * nitems;
     if (r->cancelled) return 0;
     if (n >= 5 && strncmp(line, "HTTP/", 5) == 0) {
-        /* A new response (after a 1xx): forget the previous one's. */
+        /* A new response (after a 1xx): forget the previous one's. The
+         * status line is "HTTP/x[.y] NNN[ reason]". */
+        const char *sp = memchr(line, ' ', n);
+        long st = 0;
+        for (size_t i = sp ? (size_t)(sp - line) + 1 : n, k = 0; i < n && k < 3; i++, k++) {
+            if (line[i] < '0' || line[i] > '9') {
+                st = 0;
+                break;
+            }
+            st = st * 10 + (line[i] - '0');
+        }
+        r->status = st;
         free(r->content_type);
         r->content_type = NULL;
         r->retry_after_ms = -1;
@@ -628,6 +639,11 @@ void fetch_resume(struct fetch_req *r)
     if (!r || r->cancelled || r->completing || !r->paused) return;
     r->paused = 0;
     if (r->curl_paused) queue_op(r, OP_RESUME);
+}
+
+long fetch_status(const struct fetch_req *r)
+{
+    return r ? r->status : 0;
 }
 
 int fetch_active(const struct fetch *f)

@@ -14,6 +14,11 @@ void prov_cancel(struct prov_call *c)
     if (c) c->cancel(c);
 }
 
+void prov_chat_resume(struct prov_call *c)
+{
+    if (c && c->resume) c->resume(c);
+}
+
 int prov_init(char *err, size_t errlen)
 {
     int openai = 0;
@@ -31,9 +36,11 @@ int prov_init(char *err, size_t errlen)
     }
     if (strcmp(cfg.llm, "openai") == 0) {
         prov.writer = &prov_openai_writer;
+        prov.chatter = &prov_openai_chatter;
         openai = 1;
     } else {
         prov.writer = &prov_local_writer;
+        prov.chatter = &prov_local_chatter;
     }
     if (strcmp(cfg.embedder, "openai") == 0) {
         prov.embedder = &prov_openai_embedder;

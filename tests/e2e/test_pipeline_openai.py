@@ -116,8 +116,12 @@ def transient_faults_are_retried_and_it_completes():
     # the embeddings timeout cost the job an attempt (the call's time limit)
     eq(psql(f"SELECT attempts FROM jobs WHERE recording_id = '{rid}' AND stage = 'embedding'",
             db=r.db), "2", "embedding attempts")
-    eq(psql(f"SELECT attempts FROM jobs WHERE recording_id = '{rid}' "
-            f"AND stage = 'transcription'", db=r.db), "1", "transcription attempts")
+    # 429 and 500 are retried inside the call; on a loaded machine the
+    # call's 3 s limit may run out first, and the job's retry finishes it
+    att = psql(f"SELECT attempts FROM jobs WHERE recording_id = '{rid}' "
+               f"AND stage = 'transcription'", db=r.db)
+    if att not in ("1", "2"):
+        raise AssertionError(f"transcription attempts {att}")
 
 
 def permanent_failure_ends_error_and_retry_recovers():

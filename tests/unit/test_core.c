@@ -1,5 +1,6 @@
 /* Core helpers: encodings, ids, UTF-8, JSON escaping, config parsing,
  * metrics rendering. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -7,6 +8,7 @@
 
 #include "reeld/config.h"
 #include "reeld/metrics.h"
+#include "reeld/ratelimit.h"
 #include "reeld/util.h"
 #include "t.h"
 
@@ -143,6 +145,37 @@ static void test_metrics_render_prometheus_text(void)
     evbuffer_free(b);
 }
 
+static void test_ratelimit_bursts_then_refills_per_key(void)
+{
+    struct ratelimit *rl = ratelimit_new(5, 10); /* REELD_CHAT_RATE's default */
+    CHECK(ratelimit_new(0, 10) == NULL && ratelimit_new(5, 0) == NULL);
+    int64_t t = 1000000;
+    for (int i = 0; i < 5; i++)
+        CHECK(ratelimit_take(rl, "alice", t) == 0);
+    int64_t wait = ratelimit_take(rl, "alice", t);
+    CHECK(wait > 1900 && wait <= 2001);       /* one token per 2 s */
+    CHECK(ratelimit_take(rl, "bob", t) == 0); /* buckets are per key */
+    CHECK(ratelimit_take(rl, "alice", t + 1000) > 0);
+    CHECK(ratelimit_take(rl, "alice", t + 2001) == 0);
+    CHECK(ratelimit_take(rl, "alice", t + 2002) > 0);
+    /* a long pause refills to the burst, not beyond */
+    t += 3600 * 1000;
+    for (int i = 0; i < 5; i++)
+        CHECK(ratelimit_take(rl, "alice", t) == 0);
+    CHECK(ratelimit_take(rl, "alice", t) > 0);
+    /* many keys: buckets full again are swept, a drained one is kept */
+    char key[32];
+    int ok = 1;
+    for (int i = 0; i < 10000; i++) {
+        snprintf(key, sizeof key, "user-%d", i);
+        ok &= ratelimit_take(rl, key, t) == 0;
+    }
+    CHECK(ok);
+    CHECK(ratelimit_take(rl, "alice", t + 1) > 0);
+    ratelimit_free(rl);
+    ratelimit_free(NULL);
+}
+
 int main(void)
 {
     TEST(test_b64url_round_trips_every_length);
@@ -153,5 +186,6 @@ int main(void)
     TEST(test_ct_memcmp);
     TEST(test_config_defaults_and_errors_name_the_variable);
     TEST(test_metrics_render_prometheus_text);
+    TEST(test_ratelimit_bursts_then_refills_per_key);
     T_EXIT();
 }

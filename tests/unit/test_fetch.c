@@ -657,6 +657,54 @@ static int on_drip_data(void *arg, const char *data, size_t len)
     return 0;
 }
 
+struct status_seen {
+    struct result res;
+    struct fetch_req *req;
+    long before;     /* fetch_status right after fetch_start */
+    long first_data; /* fetch_status in the first on_data, -1 if none */
+};
+
+static int on_status_data(void *arg, const char *data, size_t len)
+{
+    struct status_seen *s = arg;
+    (void)data;
+    (void)len;
+    if (s->first_data < 0) s->first_data = fetch_status(s->req);
+    return 0;
+}
+
+static void status_of(const char *path, struct status_seen *s)
+{
+    char url[128];
+    url_of(url, sizeof url, path);
+    struct fetch_opts o = {.url = url, .on_data = on_status_data};
+    s->first_data = -1;
+    s->req = start(&o, on_done, s);
+    CHECK(s->req != NULL);
+    s->before = fetch_status(s->req);
+    CHECK(t_run_until(base, &s->res.calls, WAIT_MS));
+}
+
+static void status_is_known_from_the_first_on_data(void)
+{
+    struct status_seen ok = {0}, bad = {0}, many = {0};
+    status_of("/ok", &ok);
+    CHECK(ok.before == 0);
+    CHECK(ok.first_data == 200);
+    CHECK(ok.res.status == 200);
+    status_of("/500", &bad);
+    CHECK(bad.before == 0);
+    CHECK(bad.first_data == 500);
+    CHECK(bad.res.status == 500);
+    status_of("/429", &many);
+    CHECK(many.first_data == 429);
+    CHECK(many.res.ra == 2000);
+    CHECK(fetch_status(NULL) == 0);
+    result_clear(&ok.res);
+    result_clear(&bad.res);
+    result_clear(&many.res);
+}
+
 static void drip_streams_every_piece(void)
 {
     struct stream s = {.pause_first = 3};
@@ -971,6 +1019,7 @@ int main(void)
     TEST(big_body_is_collected_whole);
     TEST(streaming_delivers_all_bytes_in_order);
     TEST(pause_then_resume_delivers_everything);
+    TEST(status_is_known_from_the_first_on_data);
     TEST(drip_streams_every_piece);
     TEST(cancel_inside_on_data_runs_no_done);
     TEST(cancel_from_another_done_runs_no_done);
