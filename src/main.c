@@ -49,6 +49,7 @@ static void usage(FILE *out)
                  "       reeld config-table        print the configuration as a Markdown table\n"
                  "       reeld routes              list the HTTP routes\n"
                  "       reeld asr                 PCM s16le 16 kHz mono on stdin -> JSON words\n"
+                 "       reeld guard PID PROG ...  (internal) run PROG, killed when PID dies\n"
                  "       reeld --help | --version\n\n");
     config_help(out);
 }
@@ -365,7 +366,10 @@ static int cmd_serve(void)
         return 1;
     }
     ssize_t exe_len = readlink("/proc/self/exe", prov_reeld_exe, sizeof prov_reeld_exe - 1);
-    if (exe_len > 0) prov_reeld_exe[exe_len] = '\0';
+    if (exe_len > 0) {
+        prov_reeld_exe[exe_len] = '\0';
+        proc_set_guard(prov_reeld_exe);
+    }
     if (signurl_init(cfg.data_dir, err, sizeof err) != 0 ||
         storage_init(app.base, cfg.data_dir, err, sizeof err) != 0 ||
         prov_init(err, sizeof err) != 0 || search_init(err, sizeof err) != 0 ||
@@ -451,6 +455,7 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "routes") == 0) return cmd_routes();
     if (strcmp(cmd, "asr") == 0) return asr_main(argc - 1, argv + 1);
+    if (strcmp(cmd, "guard") == 0) return proc_guard_main(argc - 1, argv + 1);
     if (strcmp(cmd, "config-table") == 0) {
         config_markdown(stdout);
         return 0;

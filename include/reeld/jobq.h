@@ -208,13 +208,16 @@ enum jobq_commit_outcome {
 };
 typedef void (*jobq_commit_cb)(void *arg, enum jobq_commit_outcome outcome, const char *err);
 
-/* Ends the transaction of jobq_done_tx: COMMIT once the completion is
- * known to have hit the job's row, ROLLBACK when it found the job no
- * longer this worker's. tx must not be used after this call (the queue
- * ends it), nor the job. cb (may be NULL) runs once, never inside this
- * call; err is the failure for JOBQ_ABORTED, else NULL. Returns 0, or -1
- * (nothing done) when the job is not between jobq_done_tx and here or tx
- * is not that transaction. */
+/* Ends the transaction of jobq_done_tx: the COMMIT goes out at once,
+ * right behind the caller's statements (no round trip first: the
+ * completion statement raises when the job is no longer this worker's,
+ * which makes the server roll everything back, and the outcome is then
+ * JOBQ_LOST), or a ROLLBACK when the job was known lost already. So locks
+ * the caller's statements take are held only for the server's time; the
+ * caller should queue its most contended statement last. tx must not be
+ * used after this call (the queue ends it), nor the job. cb (may be NULL) runs once, never inside
+ * this call; err is the failure for JOBQ_ABORTED, else NULL. Returns 0, or -1 (nothing done) when
+ * the job is not between jobq_done_tx and here or tx is not that transaction. */
 int jobq_commit(struct jobq_job *job, struct db_tx *tx, jobq_commit_cb cb, void *arg);
 
 /* Records that an asynchronous provider holds the work (AssemblyAI,

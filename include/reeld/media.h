@@ -15,6 +15,9 @@
 /* Lifetime of the signed video URLs the API hands out (SPEC 7). */
 #define MEDIA_URL_TTL_S 3600
 
+/* Duration probes running at once; the others wait in order. */
+#define MEDIA_PROBES_MAX 2
+
 /* Fills recordings.duration_ms of a recording whose upload completed: runs
  * `ffprobe -v error -show_entries format=duration -of default=nw=1:nk=1`
  * on the stored file as a child process read through the loop (30 s

@@ -65,6 +65,16 @@ struct proc *proc_start(struct event_base *base, const struct proc_opts *o, proc
 void proc_cancel(struct proc *p);
 /* The child's pid (its process group id too), or -1 if it never ran. */
 pid_t proc_pid(const struct proc *p);
+/* Runs every child from now on under `exe guard <pid>` (src/proc/guard.c),
+ * so that a reeld killed outright (SIGKILL, a crash) does not leave its
+ * children working: the guard kills the child's whole group when reeld
+ * dies. exe is reeld's own binary; NULL turns it off (the default, as in
+ * the unit tests). A program that cannot be run then shows as exit status
+ * 127 with "cannot run PROG: ..." on stderr rather than as res->error. */
+void proc_set_guard(const char *exe);
+/* The `guard` subcommand. */
+int proc_guard_main(int argc, char **argv);
+
 /* For process exit, after the loop has stopped: SIGKILLs every child
  * still running (cancelled ones included), waits for each, and frees
  * every handle without a callback. */

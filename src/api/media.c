@@ -328,8 +328,18 @@ static void video(struct http_req *r)
 /* ---- duration probe ------------------------------------------------------ */
 
 struct probe {
+    struct probe *next; /* waiting for a slot */
     char id[37], org[37];
+    char path[4096];
 };
+
+/* Probes run at most MEDIA_PROBES_MAX at a time; the rest wait in order
+ * (a burst of uploads would otherwise start as many ffprobes at once,
+ * and each costs a core for a moment). */
+static struct probe *probe_head, *probe_tail;
+static int probes_running;
+
+static void probe_next(void);
 
 static void probe_log(const struct probe *pr, const char *msg, const char *error)
 {
@@ -355,6 +365,8 @@ static void probe_saved(void *arg, const struct db_res *res, const char *err, co
 static void probe_done(void *arg, const struct proc_result *res)
 {
     struct probe *pr = arg;
+    probes_running--;
+    probe_next();
     if (res->error || !res->exited || res->status != 0) {
         char why[256];
         snprintf(why, sizeof why, "%s%s%s",
@@ -396,19 +408,35 @@ void media_probe_duration(const char *recording_id, const char *org_id, const ch
     if (!pr) return;
     memcpy(pr->id, recording_id, strlen(recording_id));
     memcpy(pr->org, org_id, strlen(org_id));
-    char path[4096];
-    if (!storage_local_path(storage_key, path, sizeof path)) {
+    if (!storage_local_path(storage_key, pr->path, sizeof pr->path)) {
         probe_log(pr, "duration probe skipped", "no local path for the stored object");
         free(pr);
         return;
     }
-    const char *argv[] = {
-        "ffprobe",           "-v", "error", "-show_entries", "format=duration", "-of",
-        "default=nw=1:nk=1", path, NULL};
-    struct proc_opts o = {.argv = argv, .max_out = 4096, .timeout_ms = 30000};
-    if (!proc_start(app.base, &o, probe_done, pr)) {
-        probe_log(pr, "duration probe failed", "cannot start ffprobe");
-        free(pr);
+    if (probe_tail)
+        probe_tail->next = pr;
+    else
+        probe_head = pr;
+    probe_tail = pr;
+    probe_next();
+}
+
+static void probe_next(void)
+{
+    while (probes_running < MEDIA_PROBES_MAX && probe_head) {
+        struct probe *pr = probe_head;
+        probe_head = pr->next;
+        if (!probe_head) probe_tail = NULL;
+        const char *argv[] = {
+            "ffprobe",           "-v",     "error", "-show_entries", "format=duration", "-of",
+            "default=nw=1:nk=1", pr->path, NULL};
+        struct proc_opts o = {.argv = argv, .max_out = 4096, .timeout_ms = 30000};
+        if (!proc_start(app.base, &o, probe_done, pr)) {
+            probe_log(pr, "duration probe failed", "cannot start ffprobe");
+            free(pr);
+            continue;
+        }
+        probes_running++;
     }
 }
 

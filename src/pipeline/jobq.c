@@ -9,8 +9,9 @@
  *                still works; its hand-back writes nothing
  *   J_DROPPING   inside the stage's cancel hook
  *   J_TX         jobq_done_tx queued the completion in the handler's tx
- *   J_COMMITTING jobq_commit called: COMMIT/ROLLBACK decided when the
- *                completion's answer is known (owned)
+ *   J_COMMITTING jobq_commit called: the COMMIT is out (sent right behind
+ *                the caller's statements), or a ROLLBACK when the job
+ *                was known lost already
  *   J_WRITING    the handler let go; the done/fail statement is out
  *
  * A handler's slot is given back when the handler lets go (jobq_done,
@@ -62,6 +63,20 @@ static struct db_stmt q_done = {"jobq_done",
                                 "UPDATE jobs SET status = 'done', lease_expires_at = NULL,"
                                 " finished_at = now(), last_error = NULL"
                                 " WHERE id = $1 AND leased_by = $2 AND status = 'running'"};
+
+/* The completion inside a caller's transaction: the same UPDATE, but a
+ * job this worker no longer holds raises division_by_zero (22012), which
+ * aborts the transaction on the server. So the COMMIT can follow the
+ * caller's statements in the same pipeline, without a round trip to look
+ * at the answer first: rows locked by the caller's statements (the
+ * events trigger's per-organization lock among them) are held only for
+ * the server's own time. */
+#define LOST_SQLSTATE "22012"
+static struct db_stmt q_done_tx = {
+    "jobq_done_tx", "WITH u AS (UPDATE jobs SET status = 'done',"
+                    " lease_expires_at = NULL, finished_at = now(), last_error = NULL"
+                    " WHERE id = $1 AND leased_by = $2 AND status = 'running'"
+                    " RETURNING 1) SELECT 1 / count(*) FROM u"};
 
 /* $1 job, $2 worker, $3 permanent, $4 delay ms, $5 error. */
 static struct db_stmt q_fail = {
@@ -723,11 +738,26 @@ int jobq_done_tx(struct jobq_job *pub, struct db_tx *tx)
     char id[24];
     snprintf(id, sizeof id, "%lld", j->pub.id);
     const char *p[2] = {id, j->q->worker_id};
-    if (db_tx_query(tx, &q_done, 2, p, on_done_tx, j) != 0) return -1;
+    if (db_tx_query(tx, &q_done_tx, 2, p, on_done_tx, j) != 0) return -1;
     j->state = J_TX;
     j->owned = -1;
     j->tx = tx;
     return 0;
+}
+
+/* The job was not this worker's any more: nothing was committed. */
+static void lost_before_commit(struct job *j)
+{
+    struct jobq *q = j->q;
+    if (!j->orphan) {
+        q->stages[j->si].lost++;
+        struct log_line *l = log_begin(LOG_WARN, "job lost before its completion");
+        log_job(l, j);
+        log_end(l);
+    }
+    j->dnext = q->deferred; /* the outcome is delivered from the loop */
+    q->deferred = j;
+    event_active(q->defer_ev, EV_TIMEOUT, 0);
 }
 
 static void on_commit(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
@@ -739,9 +769,13 @@ static void on_commit(void *arg, const struct db_res *res, const char *err, cons
         job_free(j);
         return;
     }
+    if (err && j->owned == 0) {
+        lost_before_commit(j); /* the completion raised: rolled back */
+        return;
+    }
     if (err) {
         char msg[MAX_ERROR_BYTES];
-        snprintf(msg, sizeof msg, "commit failed: %s", err);
+        snprintf(msg, sizeof msg, "commit failed: %s", j->owned == -2 && j->err ? j->err : err);
         j->aborted = 1;
         fail_start(j, msg, -1, 0);
         return;
@@ -755,57 +789,27 @@ static void on_commit(void *arg, const struct db_res *res, const char *err, cons
     finish(j, JOBQ_COMMITTED, NULL);
 }
 
-/* jobq_commit was called and owned is known. */
-static void decide(struct job *j)
-{
-    struct jobq *q = j->q;
-    struct db_tx *tx = j->tx;
-    j->tx = NULL;
-    if (j->owned == 1) {
-        db_tx_commit(tx, on_commit, j);
-        return;
-    }
-    db_tx_rollback(tx);
-    if (j->owned == 0) {
-        if (!j->orphan) {
-            q->stages[j->si].lost++;
-            struct log_line *l = log_begin(LOG_WARN, "job lost before its completion");
-            log_job(l, j);
-            log_end(l);
-        }
-        j->dnext = q->deferred; /* the outcome is delivered from the loop */
-        q->deferred = j;
-        event_active(q->defer_ev, EV_TIMEOUT, 0);
-        return;
-    }
-    j->aborted = 1;
-    fail_start(j, j->err ? j->err : "transaction failed", -1, 0);
-}
-
 static void on_done_tx(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
 {
     struct job *j = arg;
-    (void)sqlstate;
-    if (err) {
+    (void)res;
+    /* only noted: the COMMIT behind it says whether anything held */
+    if (err && strcmp(sqlstate, LOST_SQLSTATE) == 0) {
+        j->owned = 0;
+    } else if (err) {
         j->owned = -2;
         free(j->err);
         j->err = error_copy(err);
     } else {
-        j->owned = db_affected(res) == 1 ? 1 : 0;
+        j->owned = 1;
     }
-    if (j->state != J_COMMITTING) return;
-    if (!j->q) { /* detached by jobq_free: write nothing */
-        db_tx_rollback(j->tx);
-        job_free(j);
-        return;
-    }
-    decide(j);
 }
 
 int jobq_commit(struct jobq_job *pub, struct db_tx *tx, jobq_commit_cb cb, void *arg)
 {
     struct job *j = (struct job *)pub;
     if (!pub || !tx || j->state != J_TX || j->tx != tx) return -1;
+    j->tx = NULL;
     if (!j->q) {
         db_tx_rollback(tx);
         job_free(j);
@@ -815,7 +819,12 @@ int jobq_commit(struct jobq_job *pub, struct db_tx *tx, jobq_commit_cb cb, void 
     j->carg = arg;
     j->state = J_COMMITTING;
     release_slot(j);
-    if (j->owned != -1) decide(j);
+    if (j->owned == 0) { /* lost or cancelled before jobq_done_tx */
+        db_tx_rollback(tx);
+        lost_before_commit(j);
+        return 0;
+    }
+    db_tx_commit(tx, on_commit, j);
     return 0;
 }
 

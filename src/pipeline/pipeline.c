@@ -111,13 +111,20 @@ enum { C_STATUS, C_KEY, C_CTYPE, C_TITLE, C_DURATION, C_ERRSTAGE, C_TEXT, C_WORD
  * changes. $3 'completed' means 'error' when error_stage is set. $4 the
  * stage named in the event. */
 #define TARGET "CASE WHEN $3 = 'completed' AND error_stage IS NOT NULL THEN 'error' ELSE $3 END"
-static struct db_stmt q_status = {
-    "pipe_status", "WITH u AS (UPDATE recordings SET status = " TARGET ","
-                   " completed_at = CASE WHEN " TARGET " = 'completed' THEN now()"
-                   " ELSE completed_at END"
-                   " WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL"
-                   " AND status <> " TARGET " RETURNING id, org_id, status, error_stage,"
-                   " error_message)" EVENT_FROM_U("$4::text")};
+#define STATUS_SQL(held)                                                                           \
+    "WITH u AS (UPDATE recordings SET status = " TARGET ","                                        \
+    " completed_at = CASE WHEN " TARGET " = 'completed' THEN now()"                                \
+    " ELSE completed_at END"                                                                       \
+    " WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL"                                        \
+    " AND status <> " TARGET held " RETURNING id, org_id, status, error_stage,"                    \
+    " error_message)" EVENT_FROM_U("$4::text")
+static struct db_stmt q_status = {"pipe_status", STATUS_SQL("")};
+/* The same when a stage starts, outside its result's transaction: only
+ * while its job is still this worker's ($5 job, $6 worker), so a handler
+ * that lost its lease unnoticed cannot set the status back. */
+static struct db_stmt q_start = {"pipe_start",
+                                 STATUS_SQL(" AND EXISTS (SELECT 1 FROM jobs WHERE id = $5::bigint"
+                                            " AND leased_by = $6 AND status = 'running')")};
 
 /* The recording ends 'error' ($3 stage, $4 message). */
 static struct db_stmt q_error = {
@@ -335,9 +342,11 @@ static void tx_begun(void *arg, struct db_tx *tx, const char *err)
         return;
     }
     w->write(w, tx);
-    if (w->def->done) set_status(tx, w->job, w->def->done, w->def->stage);
     if (w->def->next && !(strcmp(w->def->stage, "document") == 0 && is_regenerate(w->job)))
         enqueue_next(w, tx, w->def->next, NULL);
+    /* last: the event's insert takes the organization's events lock,
+     * held until the COMMIT that follows it in the same pipeline */
+    if (w->def->done) set_status(tx, w->job, w->def->done, w->def->stage);
     jobq_commit(w->job, tx, committed, w);
 }
 
@@ -670,11 +679,12 @@ static void write_publication(struct work *w, struct db_tx *tx)
     }
 }
 
-/* $1 media, $2 thumbnail file, $3 position in seconds. */
+/* $1 media, $2 thumbnail file, $3 position in seconds, $4 its directory.
+ * Written beside and renamed in place when it is not empty. */
 #define THUMB_SCRIPT                                                                               \
-    "mkdir -p \"$(dirname \"$2\")\" && ffmpeg -nostdin -hide_banner -v error -y -ss \"$3\""        \
-    " -i \"$1\" -frames:v 1 -vf \"scale=min(640\\,iw):-2\" -q:v 4 \"$2.tmp.jpg\""                  \
-    " && test -s \"$2.tmp.jpg\" && mv -f \"$2.tmp.jpg\" \"$2\""
+    "mkdir -p \"$4\" && ffmpeg -nostdin -hide_banner -v error -y -ss \"$3\" -i \"$1\""             \
+    " -frames:v 1 -vf \"scale=min(640\\,iw):-2\" -q:v 4 \"$2.tmp.jpg\""                            \
+    " && test -s \"$2.tmp.jpg\" && exec mv -f \"$2.tmp.jpg\" \"$2\""
 
 static void thumbnailed(void *arg, const struct proc_result *res)
 {
@@ -698,17 +708,40 @@ static void run_publication(struct work *w)
         commit_result(w, write_publication);
         return;
     }
+    if (w->ctype && strncmp(w->ctype, "audio/", 6) == 0) {
+        /* no picture to take a frame of */
+        commit_result(w, write_publication);
+        return;
+    }
     /* SPEC 8: a frame at 10 s, or the middle of a shorter recording */
     int64_t at = w->duration_ms >= 20000 ? 10000 : w->duration_ms > 0 ? w->duration_ms / 2 : 0;
     snprintf(pos, sizeof pos, "%.3f", (double)at / 1000.0);
     w->thumb_key = strdup(key);
-    const char *argv[] = {"bash", "-c", THUMB_SCRIPT, "reeld-thumb", src, dst, pos, NULL};
+    char dir[4096];
+    snprintf(dir, sizeof dir, "%s", dst);
+    char *slash = strrchr(dir, '/');
+    if (slash) *slash = '\0';
+    const char *argv[] = {"bash", "-c", THUMB_SCRIPT, "reeld-thumb", src, dst, pos, dir, NULL};
     struct proc_opts o = {.argv = argv, .timeout_ms = 60000};
     w->proc = proc_start(app.base, &o, thumbnailed, w);
     if (!w->proc) commit_result(w, write_publication);
 }
 
 /* ---- the queue's hooks ------------------------------------------------------------ */
+
+static void started(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
+{
+    struct work *w = arg;
+    (void)res;
+    (void)sqlstate;
+    w->req = NULL;
+    if (err) {
+        work_fail(w, err, -1, 0);
+        return;
+    }
+    log_stage(LOG_INFO, w, "stage started", NULL);
+    w->def->run(w);
+}
 
 static void ctx_loaded(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
 {
@@ -746,11 +779,18 @@ static void ctx_loaded(void *arg, const struct db_res *res, const char *err, con
         return;
     }
     if (w->def->running) {
-        const char *p[4] = {w->job->recording_id, w->job->org_id, w->def->running, w->def->stage};
-        db_query(app.db, &q_status, 4, p, NULL, NULL);
+        /* the running status is committed before the stage's work starts,
+         * so its event always comes before the result's */
+        char id[24];
+        snprintf(id, sizeof id, "%lld", w->job->id);
+        const char *p[6] = {
+            w->job->recording_id, w->job->org_id, w->def->running, w->def->stage, id,
+            jobq_worker_id(queue)};
+        w->req = db_query(app.db, &q_start, 6, p, started, w);
+        if (!w->req) work_fail(w, "database unavailable", -1, 0);
+        return;
     }
-    log_stage(LOG_INFO, w, "stage started", NULL);
-    w->def->run(w);
+    started(w, NULL, NULL, "");
 }
 
 static void job_run(void *arg, struct jobq_job *job)

@@ -54,6 +54,9 @@ struct proc {
     struct proc *prev, *next;
 };
 
+/* reeld's binary for proc_set_guard, "" when off. */
+#define PROC_MAX_ARGS 64
+static char guard_exe[4096];
 static struct proc *live; /* every handle not yet freed, for proc_shutdown */
 
 /* ---- teardown ---------------------------------------------------------- */
@@ -353,7 +356,22 @@ static int spawn(struct proc *p, const struct proc_opts *o)
     posix_spawnattr_setpgroup(&sa, 0);
     posix_spawnattr_setflags(&sa, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
                                       POSIX_SPAWN_SETPGROUP);
-    int rc = posix_spawnp(&p->pid, o->argv[0], &fa, &sa, (char *const *)o->argv, environ);
+    /* under the guard: exe guard <our pid> argv... */
+    const char *gargv[PROC_MAX_ARGS + 4];
+    const char *const *av = o->argv;
+    char me[24];
+    size_t n = 0;
+    while (o->argv[n])
+        n++;
+    if (guard_exe[0] && n <= PROC_MAX_ARGS) {
+        snprintf(me, sizeof me, "%ld", (long)getpid());
+        gargv[0] = guard_exe;
+        gargv[1] = "guard";
+        gargv[2] = me;
+        memcpy(gargv + 3, o->argv, (n + 1) * sizeof *gargv);
+        av = gargv;
+    }
+    int rc = posix_spawnp(&p->pid, av[0], &fa, &sa, (char *const *)av, environ);
     posix_spawn_file_actions_destroy(&fa);
     posix_spawnattr_destroy(&sa);
     close(in);
@@ -460,6 +478,11 @@ void proc_cancel(struct proc *p)
 pid_t proc_pid(const struct proc *p)
 {
     return p ? p->pid : -1;
+}
+
+void proc_set_guard(const char *exe)
+{
+    snprintf(guard_exe, sizeof guard_exe, "%s", exe ? exe : "");
 }
 
 void proc_shutdown(void)

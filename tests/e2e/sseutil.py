@@ -123,7 +123,6 @@ class Follower(threading.Thread):
         self.events, self.resumed = [], []
         self.connects = 0
         self.last = None
-        self.connected = threading.Event()
         self._halt = threading.Event()
 
     def run(self):
@@ -141,7 +140,6 @@ class Follower(threading.Thread):
                 self.connects += 1
                 if self.last is not None:
                     self.resumed.append(self.last)
-                self.connected.set()
                 while not self._halt.is_set():
                     e = s.next(timeout=0.2)
                     if e is None:
@@ -156,9 +154,13 @@ class Follower(threading.Thread):
             finally:
                 s.close()
 
-    def wait_connected(self, timeout=10):
-        if not self.connected.wait(timeout):
-            raise AssertionError("the event stream did not connect")
+    def wait_connected(self, n=1, timeout=10):
+        """Waits until n streams have been opened."""
+        deadline = time.time() + timeout
+        while self.connects < n:
+            if time.time() > deadline:
+                raise AssertionError(f"{self.connects} event streams opened, not {n}")
+            time.sleep(0.02)
 
     def wait_for(self, last_id, timeout=20):
         """Waits until the id last_id has been received."""
