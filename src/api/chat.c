@@ -190,8 +190,22 @@ static void send_final(struct chat *c, struct http_req *r)
         json_object_object_add(d, "message_id", json_object_new_string(c->msg_id));
         json_object_object_add(d, "model", c->model[0] ? json_object_new_string(c->model) : NULL);
         json_object_object_add(d, "citations", citations(a, c->nsrc));
+        /* The whole answer rides in this one event: it may pass the
+         * slow-consumer bound (REELD_SSE_MAX_QUEUED) that http_sse_event
+         * enforces, though the answer itself is bounded (CHAT_MAX_ANSWER)
+         * and the stream was paced until here; so it is written as a
+         * plain stream write. JSON without pretty-printing has no
+         * newline: one data line. */
         const char *js = json_object_to_json_string_ext(d, JSON_C_TO_STRING_PLAIN);
-        http_sse_event(r, NULL, "done", js, strlen(js));
+        struct evbuffer *f = evbuffer_new();
+        if (f) {
+            evbuffer_add_printf(f, "event: done\ndata: ");
+            evbuffer_add(f, js, strlen(js));
+            evbuffer_add(f, "\n\n", 2);
+            size_t n = evbuffer_get_length(f);
+            http_stream_write(r, evbuffer_pullup(f, -1), n);
+            evbuffer_free(f);
+        }
         json_object_put(d);
         http_stream_end(r);
     } else {

@@ -92,20 +92,23 @@ def chat_read(s, sse=True, raw=b""):
     """Reads the answer on s to its end (raw: what was read already) and
     closes s; returns (status, headers, events) for an SSE answer (events:
     list of (event, data)) or (status, headers, json)."""
+    buf = bytearray(raw)
     while True:
         b = s.recv(65536)
         if not b:
             break
-        raw += b
+        buf += b
     s.close()
-    head, _, body = raw.partition(b"\r\n\r\n")
+    head, _, body = bytes(buf).partition(b"\r\n\r\n")
     lines = head.decode().split("\r\n")
     status = int(lines[0].split()[1])
     hdr = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
     if hdr.get("transfer-encoding") == "chunked":
         out, i = [], 0
         while i < len(body):
-            j = body.index(b"\r\n", i)
+            j = body.find(b"\r\n", i)
+            if j < 0:
+                break  # cut short inside a chunk's size line
             n = int(body[i:j].split(b";")[0], 16)
             if n == 0:
                 break
@@ -113,7 +116,7 @@ def chat_read(s, sse=True, raw=b""):
             i = j + 4 + n
         body = b"".join(out)
     if status == 200 and sse:
-        text = body.decode()
+        text = body.decode(errors="replace")
         if not text.endswith("\n\n"):  # cut short: the events that came whole
             text = text[:text.rfind("\n\n") + 2]
         return status, hdr, sse_events(text)
