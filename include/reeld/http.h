@@ -154,22 +154,52 @@ void http_reply_empty(struct http_req *r, int status);
 
 /* Streamed responses. content_length >= 0 sends Content-Length, -1 uses
  * chunked encoding. http_stream_write returns the bytes queued to the
- * client after the write (callers pace themselves with on_drain), or -1
- * when the client is gone. */
+ * client after the write (callers pace themselves with on_drain, which
+ * runs when the queue drains to HTTP_WRITE_LOW bytes), or -1 when the
+ * client is gone. */
+#define HTTP_WRITE_LOW 16384
 int http_stream_start(struct http_req *r, int status, const char *content_type,
                       int64_t content_length);
 long http_stream_write(struct http_req *r, const void *data, size_t len);
 void http_stream_end(struct http_req *r);
 size_t http_stream_queued(const struct http_req *r);
 
-/* Server-Sent Events on top of a streamed response: http_sse_start sends
- * the headers; http_sse_event formats one event (id may be NULL; data may
- * hold newlines: each line becomes a data: line). When the client's queue
- * would exceed sse_max_queued the client is dropped (on_abort runs) and
- * -1 is returned. */
+/* Server-Sent Events on top of a streamed response (chunked).
+ *
+ * http_sse_start sends the headers and ends the request part of the
+ * exchange. From that call on, the request's fields are gone: headers
+ * (http_header returns NULL), target, query (http_query returns NULL),
+ * params; at the next reap point (once the callback chain that called
+ * http_sse_start has unwound) the request's memory follows: everything
+ * from http_req_alloc / http_req_strdup / http_query, req->json, and the
+ * strings pointing there. A handler copies what its stream keeps (ids,
+ * filters) before the call, into memory of its own (malloc), and does not
+ * keep stream state in request memory. What stays: method, path (a copy,
+ * for the access log), route, request_id, log_user/log_org, data and the
+ * callbacks. The connection then holds only its socket and a small state:
+ * an idle stream costs well under 2 KiB. Writes go straight to the
+ * socket while nothing is queued; the rest waits in a buffer that exists
+ * only while it is not empty (the kernel's send buffer of a stream is
+ * bounded too, so a client that stops reading shows in that queue and
+ * meets sse_max_queued). What the client sends on a stream is
+ * discarded, and the connection closes after the stream's end (otherwise
+ * it stays open for the next request, as after any response).
+ *
+ * http_sse_event formats one event (id may be NULL; data may hold
+ * newlines: each line becomes a data: line). http_sse_format builds the
+ * same frame once (malloc'd, *len its length; free it) and http_sse_send
+ * writes a frame to one stream: an event for many streams is formatted
+ * once. When the client's queue would exceed sse_max_queued the client is
+ * dropped (on_abort runs, possibly before the call returns) and -1 is
+ * returned; -1 always means the client is gone. on_drain works as for
+ * http_stream_*: it runs once the queue drained to HTTP_WRITE_LOW bytes
+ * after a write the socket could not take at once. */
 int http_sse_start(struct http_req *r);
 int http_sse_event(struct http_req *r, const char *id, const char *event, const char *data,
                    size_t len);
+char *http_sse_format(const char *id, const char *event, const char *data, size_t len,
+                      size_t *out_len);
+int http_sse_send(struct http_req *r, const char *frame, size_t len);
 int http_sse_comment(struct http_req *r, const char *text);
 
 /* Body flow control for HTTP_BODY_STREAM routes. */

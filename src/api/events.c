@@ -19,9 +19,13 @@
  * on every heartbeat tick, each organization with streams is fetched from
  * its cursor, so nothing is lost while notifications could not arrive.
  *
- * Memory per stream is one small struct; events go straight to the
- * socket, and a client whose queue passes REELD_SSE_MAX_QUEUED is dropped
- * by the http layer (on_abort frees the stream). */
+ * Memory per stream is one small struct (the http layer keeps a stream's
+ * connection small too: see http_sse_start, after which the request's
+ * headers and query are gone, so everything a stream keeps is copied
+ * first). Each row is formatted once and the same frame goes to every
+ * stream; events go straight to the socket, and a client whose queue
+ * passes REELD_SSE_MAX_QUEUED is dropped by the http layer (on_abort frees
+ * the stream). */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -162,13 +166,25 @@ static void fetch_done(void *arg, const struct db_res *res, const char *err, con
     for (int i = 0; i < n; i++) {
         long long id = db_int(res, i, 0);
         const char *rec = db_str(res, i, 3);
+        char *frame = NULL; /* the row's frame, built for its first stream */
+        size_t flen = 0;
         for (struct ev_stream *s = o->streams, *next; s; s = next) {
             next = s->next;
             if (!s->live || id <= s->last) continue;
             s->last = id;
             if (s->rec[0] && (!rec || strcmp(rec, s->rec) != 0)) continue;
-            stream_send(s, db_str(res, i, 0), db_str(res, i, 1), db_str(res, i, 2));
+            if (!frame) {
+                const char *data = db_str(res, i, 2);
+                if (!data) data = "{}";
+                frame = http_sse_format(db_str(res, i, 0), db_str(res, i, 1), data, strlen(data),
+                                        &flen);
+            }
+            if (frame)
+                http_sse_send(s->r, frame, flen);
+            else /* out of memory: the one-stream path drops the client */
+                stream_send(s, db_str(res, i, 0), db_str(res, i, 1), db_str(res, i, 2));
         }
+        free(frame);
         if (id > o->cursor) o->cursor = id;
     }
     o->busy = 0;
@@ -375,6 +391,9 @@ static void events_authed(struct http_req *r, const struct auth_ctx *ctx)
         orgs = o;
     }
     struct ev_stream *s = calloc(1, sizeof *s);
+    /* Copy what the stream keeps: after http_sse_start the request's
+     * query and headers are gone (ctx->org_id is in o already). */
+    if (s && rec) snprintf(s->rec, sizeof s->rec, "%s", rec);
     if (!s || http_sse_start(r) != 0) {
         free(s);
         org_maybe_free(o);
@@ -388,7 +407,6 @@ static void events_authed(struct http_req *r, const struct auth_ctx *ctx)
     s->org = o;
     s->last = last;
     s->fresh = fresh;
-    if (rec) snprintf(s->rec, sizeof s->rec, "%s", rec);
     s->next = o->streams;
     if (o->streams) o->streams->prev = s;
     o->streams = s;

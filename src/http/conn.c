@@ -21,12 +21,16 @@
 #include "reeld/util.h"
 
 #define READ_HIGH_WATER (256 * 1024)
+/* SO_SNDBUF of a connection in stream mode (the kernel doubles it). */
+#define HTTP_STREAM_SNDBUF 65536
 
 static llhttp_settings_t settings;
 static int settings_ready;
 
 static void conn_process(struct http_conn *c);
 static void conn_arm(struct http_conn *c, enum conn_timer mode);
+static void body_read_cb(evutil_socket_t fd, short what, void *arg);
+static void kick_cb(evutil_socket_t fd, short what, void *arg);
 
 /* ---- requests ------------------------------------------------------- */
 
@@ -41,7 +45,6 @@ static struct http_req *req_new(struct http_conn *c)
     }
     r->priv = p;
     p->conn = c;
-    p->out_hdrs = evbuffer_new();
     p->status = 0;
     r->start_us = util_mono_us();
     r->content_length = -1;
@@ -86,6 +89,40 @@ static void req_free_now(void *obj)
 void http_req_free(struct http_req *r)
 {
     reap_later(req_free_now, r);
+}
+
+/* Release what only served the request of a stream: the request memory
+ * (keeping a copy of the path for the access log), the body and the
+ * response headers' buffer. The fields that pointed there are cleared
+ * by http_sse_start already. */
+static void req_shed(struct http_req *r)
+{
+    struct http_req_priv *p = r->priv;
+    size_t pl = r->path ? strlen(r->path) : 0;
+    struct arena_blk *keep = r->path ? malloc(sizeof *keep + pl + 1) : NULL;
+    if (keep) {
+        keep->next = NULL;
+        memcpy(keep + 1, r->path, pl + 1);
+    }
+    while (p->arena) {
+        struct arena_blk *b = p->arena;
+        p->arena = b->next;
+        free(b);
+    }
+    p->arena = keep;
+    r->path = keep ? (char *)(keep + 1) : NULL;
+    if (r->json) {
+        json_object_put(r->json);
+        r->json = NULL;
+    }
+    if (p->body) {
+        evbuffer_free(p->body);
+        p->body = NULL;
+    }
+    if (p->out_hdrs) {
+        evbuffer_free(p->out_hdrs);
+        p->out_hdrs = NULL;
+    }
 }
 
 const char *http_header(const struct http_req *r, const char *name)
@@ -190,6 +227,7 @@ static int on_message_begin(llhttp_t *p)
     struct http_conn *c = PC(p);
     c->req = req_new(c);
     if (!c->req) return HPE_USER;
+    if (!c->acc && !(c->acc = evbuffer_new())) return HPE_USER;
     c->header_bytes = 0;
     c->last_was_value = 0;
     evbuffer_drain(c->acc, evbuffer_get_length(c->acc));
@@ -350,7 +388,8 @@ static int on_headers_complete(llhttp_t *p)
                 return local_error(c, 415, "unsupported_media_type",
                                    "expected Content-Type: application/json");
         }
-        rp->body = evbuffer_new();
+        if (body_expected(p) && !(rp->body = evbuffer_new()))
+            return local_error(c, 500, "internal", "out of memory");
         if (rp->expect_continue && body_expected(p)) http_send_continue(r);
         conn_arm(c, body_expected(p) ? T_BODY : T_NONE);
         return 0;
@@ -385,6 +424,8 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
         if (o->body == HTTP_BODY_NONE) max = 65536;
         if (rp->body_bytes > max)
             return local_error(c, 413, "payload_too_large", "request body too large");
+        if (!rp->body && !(rp->body = evbuffer_new()))
+            return local_error(c, 500, "internal", "out of memory");
         evbuffer_add(rp->body, at, len);
         return 0;
     }
@@ -406,7 +447,7 @@ static int on_body(llhttp_t *p, const char *at, size_t len)
 static void run_json_handler(struct http_conn *c, struct http_req *r)
 {
     struct http_req_priv *rp = r->priv;
-    size_t n = evbuffer_get_length(rp->body);
+    size_t n = rp->body ? evbuffer_get_length(rp->body) : 0;
     if (rp->rt->o.body == HTTP_BODY_JSON && n > 0) {
         const char *s = (const char *)evbuffer_pullup(rp->body, -1);
         if (!util_utf8_valid(s, n)) {
@@ -480,6 +521,9 @@ static void conn_free_now(void *obj)
     if (c->timer) event_free(c->timer);
     if (c->kick) event_free(c->kick);
     if (c->body_ev) event_free(c->body_ev);
+    if (c->rd_ev) event_free(c->rd_ev);
+    if (c->wr_ev) event_free(c->wr_ev);
+    if (c->out) evbuffer_free(c->out);
     if (c->acc) evbuffer_free(c->acc);
     free(c);
 }
@@ -518,12 +562,18 @@ void http_conn_close(struct http_conn *c, const char *why)
         }
     }
     if (c->bev) {
-        bufferevent_free(c->bev); /* closes the socket */
+        bufferevent_free(c->bev);
         c->bev = NULL;
     }
     if (c->timer) event_del(c->timer);
     if (c->kick) event_del(c->kick);
     if (c->body_ev) event_del(c->body_ev);
+    if (c->rd_ev) event_del(c->rd_ev);
+    if (c->wr_ev) event_del(c->wr_ev);
+    if (c->fd >= 0) {
+        evutil_closesocket(c->fd);
+        c->fd = -1;
+    }
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -556,15 +606,17 @@ static void conn_finish_output(struct http_conn *c)
         event_del(c->body_ev);
         c->direct_mode = 0;
     }
-    shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    shutdown(c->fd, SHUT_WR);
     bufferevent_setcb(c->bev, linger_read_cb, NULL, event_cb, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
     bufferevent_enable(c->bev, EV_READ);
     /* the event callback closes on EOF; the timer on a silent peer */
     struct timeval tv = {2, 0};
     c->tmode = T_NONE;
-    evtimer_add(c->timer, &tv);
+    if (c->timer) evtimer_add(c->timer, &tv);
 }
+
+static int stream_leave(struct http_conn *c);
 
 void http_conn_request_done(struct http_conn *c)
 {
@@ -575,7 +627,7 @@ void http_conn_request_done(struct http_conn *c)
         struct log_line *l = log_begin(LOG_INFO, "request");
         log_str(l, "method", r->method);
         log_str(l, "route", r->route ? r->route : "(none)");
-        log_str(l, "path", r->path);
+        log_str(l, "path", r->path ? r->path : "(none)");
         log_int(l, "status", rp->status);
         log_int(l, "bytes", rp->bytes_out);
         int64_t us = util_mono_us() - r->start_us;
@@ -587,6 +639,10 @@ void http_conn_request_done(struct http_conn *c)
         if (c->srv->o.observe) c->srv->o.observe(c->srv->o.observe_arg, r, rp->status, us);
         rp->conn = NULL;
         http_req_free(r);
+    }
+    if (c->stream_mode && stream_leave(c) != 0) {
+        http_conn_close(c, "out of memory");
+        return;
     }
     if (c->closing || c->srv->shutting_down) {
         conn_finish_output(c);
@@ -619,7 +675,7 @@ static ssize_t direct_body_read(struct http_conn *c, struct evbuffer *in)
         iov[i].iov_base = v[i].iov_base;
         iov[i].iov_len = v[i].iov_len;
     }
-    ssize_t n = readv(bufferevent_getfd(c->bev), iov, nv);
+    ssize_t n = readv(c->fd, iov, nv);
     if (n <= 0) {
         int again = n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
         evbuffer_commit_space(in, v, 0);
@@ -654,6 +710,13 @@ static void conn_sync_read_mode(struct http_conn *c)
     if (c->closed || c->dead || !c->bev) return;
     int want = streaming_body(c);
     if (want == (int)c->direct_mode) return;
+    if (want && !c->body_ev) {
+        c->body_ev = event_new(c->srv->base, c->fd, EV_READ | EV_PERSIST, body_read_cb, c);
+        if (!c->body_ev) {
+            http_conn_close(c, "out of memory");
+            return;
+        }
+    }
     if (want) {
         bufferevent_disable(c->bev, EV_READ);
         event_add(c->body_ev, NULL);
@@ -668,6 +731,7 @@ static void conn_process_inner(struct http_conn *c);
 
 static void conn_process(struct http_conn *c)
 {
+    if (!c->bev) return; /* stream mode reads nothing */
     conn_process_inner(c);
     conn_sync_read_mode(c);
 }
@@ -754,7 +818,12 @@ static void body_read_cb(evutil_socket_t fd, short what, void *arg)
 
 void http_conn_kick(struct http_conn *c)
 {
-    if (!c->closed) event_active(c->kick, 0, 0);
+    if (c->closed) return;
+    if (!c->kick && !(c->kick = event_new(c->srv->base, -1, 0, kick_cb, c))) {
+        http_conn_close(c, "out of memory");
+        return;
+    }
+    event_active(c->kick, 0, 0);
 }
 
 static void read_cb(struct bufferevent *bev, void *arg)
@@ -835,11 +904,11 @@ static void conn_arm(struct http_conn *c, enum conn_timer mode)
         s = c->srv->o.body_timeout_s;
         break;
     case T_NONE:
-        event_del(c->timer);
+        if (c->timer) event_del(c->timer);
         return;
     }
     struct timeval tv = {s, 0};
-    evtimer_add(c->timer, &tv);
+    if (c->timer) evtimer_add(c->timer, &tv);
 }
 
 void http_body_pause(struct http_req *r)
@@ -859,6 +928,251 @@ void http_body_resume(struct http_req *r)
     if (rp->expect_continue && !rp->response_started) http_send_continue(r);
     if (!rp->message_done) conn_arm(c, T_BODY);
     http_conn_kick(c);
+}
+
+/* ---- buffered and stream modes ------------------------------------------ */
+
+/* Buffered mode: a bufferevent on the socket (the connection keeps the
+ * socket; freeing the bufferevent does not close it). */
+static int conn_buffered(struct http_conn *c)
+{
+    c->bev = bufferevent_socket_new(c->srv->base, c->fd, 0);
+    if (!c->bev) return -1;
+    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, READ_HIGH_WATER);
+    bufferevent_setwatermark(c->bev, EV_WRITE, HTTP_WRITE_LOW, 0);
+    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+    return 0;
+}
+
+size_t http_conn_queued(const struct http_conn *c)
+{
+    if (c->closed) return 0;
+    if (c->bev) return evbuffer_get_length(bufferevent_get_output(c->bev));
+    return c->out ? evbuffer_get_length(c->out) : 0;
+}
+
+static int io_again(void)
+{
+    return errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR;
+}
+
+/* Stream mode, socket writable: send what is queued; once it is all
+ * gone, drop the buffer and the write interest. Below the low mark the
+ * handler's on_drain runs, as in buffered mode. */
+static void event_free_later(void *ev)
+{
+    event_free(ev);
+}
+
+static int stream_flush(struct http_conn *c)
+{
+    struct evbuffer_iovec v[16];
+    int nv = evbuffer_peek(c->out, -1, NULL, v, 16);
+    if (nv > 16) nv = 16;
+    struct iovec iov[16];
+    for (int i = 0; i < nv; i++) {
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len;
+    }
+    struct msghdr m = {.msg_iov = iov, .msg_iovlen = (size_t)nv};
+    ssize_t w = sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (w < 0) return io_again() ? 0 : -1;
+    evbuffer_drain(c->out, (size_t)w);
+    if (evbuffer_get_length(c->out) == 0) {
+        /* nothing waits: the buffer and the write event go (the event at
+         * the reap point, since this may run in its callback) */
+        if (c->wr_ev) {
+            event_del(c->wr_ev);
+            reap_later(event_free_later, c->wr_ev);
+            c->wr_ev = NULL;
+        }
+        evbuffer_free(c->out);
+        c->out = NULL;
+    }
+    return 0;
+}
+
+static void stream_write_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct http_conn *c = arg;
+    if (c->closed || !c->out) return;
+    if (stream_flush(c) != 0) {
+        http_conn_close(c, "connection error");
+        return;
+    }
+    size_t left = c->out ? evbuffer_get_length(c->out) : 0;
+    struct http_req *r = c->req;
+    if (left <= HTTP_WRITE_LOW && r && r->priv->response_started && !r->priv->finished &&
+        r->on_drain)
+        r->on_drain(r);
+}
+
+/* Stream mode, socket readable: the client closed, or sent something,
+ * which a stream has no use for: it is discarded, and the connection
+ * closes once the stream ends. */
+static void stream_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    struct http_conn *c = arg;
+    char buf[256];
+    for (int i = 0; i < 64 && !c->closed; i++) {
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            c->closing = 1;
+            continue;
+        }
+        if (n == 0)
+            http_conn_close(c, "client disconnected");
+        else if (!io_again())
+            http_conn_close(c, "connection error");
+        return;
+    }
+}
+
+long http_conn_stream_writev(struct http_conn *c, const struct iovec *iov, int n)
+{
+    if (c->closed || !c->stream_mode) return -1;
+    size_t total = 0;
+    for (int i = 0; i < n; i++)
+        total += iov[i].iov_len;
+    size_t sent = 0;
+    if (!c->out) {
+        struct msghdr m = {.msg_iov = (struct iovec *)iov, .msg_iovlen = (size_t)n};
+        ssize_t w = sendmsg(c->fd, &m, MSG_DONTWAIT | MSG_NOSIGNAL);
+        /* An error other than a full socket is left to the write event,
+         * which meets it again and closes the connection from the loop. */
+        if (w > 0) sent = (size_t)w;
+        if (sent == total) return 0;
+        if (!c->wr_ev)
+            c->wr_ev = event_new(c->srv->base, c->fd, EV_WRITE | EV_PERSIST, stream_write_cb, c);
+        if (!c->wr_ev || !(c->out = evbuffer_new())) {
+            http_conn_close(c, "out of memory"); /* part of the bytes went out */
+            return -1;
+        }
+        event_add(c->wr_ev, NULL);
+    }
+    size_t skip = sent;
+    for (int i = 0; i < n; i++) {
+        if (skip >= iov[i].iov_len) {
+            skip -= iov[i].iov_len;
+            continue;
+        }
+        if (evbuffer_add(c->out, (const char *)iov[i].iov_base + skip, iov[i].iov_len - skip) !=
+            0) {
+            http_conn_close(c, "out of memory");
+            return -1;
+        }
+        skip = 0;
+    }
+    return (long)evbuffer_get_length(c->out);
+}
+
+/* Into stream mode: what the bufferevent still holds to send moves to
+ * c->out, and the bufferevent goes. Stays buffered when anything stands in
+ * the way (input waiting, a body being read). */
+static void stream_enter(struct http_conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (c->in_execute || c->direct_mode || c->dead || evbuffer_get_length(in) > 0) return;
+    /* the read event of an earlier stream on this connection is reused */
+    if (!c->rd_ev)
+        c->rd_ev = event_new(c->srv->base, c->fd, EV_READ | EV_PERSIST, stream_read_cb, c);
+    if (!c->rd_ev) return;
+    struct evbuffer *bout = bufferevent_get_output(c->bev);
+    if (evbuffer_get_length(bout) > 0) {
+        if (!c->wr_ev)
+            c->wr_ev = event_new(c->srv->base, c->fd, EV_WRITE | EV_PERSIST, stream_write_cb, c);
+        if (!c->wr_ev || !(c->out = evbuffer_new())) return;
+        /* bufferevent_socket keeps the front of its output frozen except
+         * while it writes; do as it does */
+        evbuffer_unfreeze(bout, 1);
+        int moved = evbuffer_add_buffer(c->out, bout);
+        evbuffer_freeze(bout, 1);
+        if (moved != 0) {
+            evbuffer_free(c->out);
+            c->out = NULL;
+            return;
+        }
+    }
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    event_add(c->rd_ev, NULL);
+    if (c->timer) {
+        event_free(c->timer);
+        c->timer = NULL;
+    }
+    c->tmode = T_NONE;
+    if (c->kick) {
+        event_free(c->kick);
+        c->kick = NULL;
+    }
+    if (c->body_ev) {
+        event_free(c->body_ev);
+        c->body_ev = NULL;
+    }
+    c->stream_mode = 1;
+    /* Bound what the kernel keeps for a client that does not read (its
+     * send buffer would otherwise grow to megabytes): beyond it, bytes
+     * queue here, where sse_max_queued cuts a slow consumer off. */
+    int sndbuf = HTTP_STREAM_SNDBUF;
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
+    /* The head (usually) goes out when the socket is writable, as it
+     * would have from the bufferevent: after the queries the handler
+     * started, which are sent in this loop turn. A client that reads the
+     * head then knows those queries are on their way (an events stream
+     * has asked where "now" is). */
+    if (c->out) event_add(c->wr_ev, NULL);
+}
+
+/* The reap point after http_sse_start: the handler's callback chain is
+ * done with the request's memory. */
+static void stream_enter_later(void *obj)
+{
+    struct http_conn *c = obj;
+    c->stream_queued = 0;
+    struct http_req *r = c->req;
+    if (c->closed || !r || !r->priv->sse || r->priv->finished || c->stream_mode) return;
+    req_shed(r);
+    if (!r->priv->message_done) return; /* still parsing: stays buffered */
+    if (c->acc) {
+        evbuffer_free(c->acc);
+        c->acc = NULL;
+    }
+    c->cur_field = NULL;
+    stream_enter(c);
+}
+
+void http_conn_stream_want(struct http_conn *c)
+{
+    if (c->closed || c->stream_queued || c->stream_mode) return;
+    c->stream_queued = 1;
+    reap_later(stream_enter_later, c);
+}
+
+/* Back to buffered mode once the stream's response is complete. */
+static int stream_leave(struct http_conn *c)
+{
+    if (!c->timer && !(c->timer = evtimer_new(c->srv->base, timer_cb, c))) return -1;
+    if (conn_buffered(c) != 0) return -1;
+    if (c->out) {
+        evbuffer_add_buffer(bufferevent_get_output(c->bev), c->out);
+        evbuffer_free(c->out);
+        c->out = NULL;
+    }
+    /* the read event is deleted, not freed: this may run inside a
+     * callback of the connection (conn_free_now frees it, or the next
+     * stream uses it again); the write event goes at the reap point */
+    event_del(c->rd_ev);
+    if (c->wr_ev) {
+        event_del(c->wr_ev);
+        reap_later(event_free_later, c->wr_ev);
+        c->wr_ev = NULL;
+    }
+    c->stream_mode = 0;
+    return 0;
 }
 
 /* ---- accept ------------------------------------------------------------ */
@@ -896,26 +1210,16 @@ int http_server_adopt(struct http_server *s, int fd)
         return -1;
     }
     c->srv = s;
-    c->bev = bufferevent_socket_new(s->base, fd, BEV_OPT_CLOSE_ON_FREE);
-    c->acc = evbuffer_new();
+    c->fd = fd;
     c->timer = evtimer_new(s->base, timer_cb, c);
-    c->kick = event_new(s->base, -1, 0, kick_cb, c);
-    c->body_ev = event_new(s->base, fd, EV_READ | EV_PERSIST, body_read_cb, c);
-    if (!c->bev || !c->acc || !c->timer || !c->kick || !c->body_ev) {
-        if (c->bev)
-            bufferevent_free(c->bev);
-        else
-            evutil_closesocket(fd);
-        c->bev = NULL;
+    if (!c->timer || conn_buffered(c) != 0) {
+        if (c->bev) bufferevent_free(c->bev);
+        evutil_closesocket(fd);
         conn_free_now(c);
         return -1;
     }
     llhttp_init(&c->parser, HTTP_REQUEST, &settings);
     c->parser.data = c;
-    bufferevent_setcb(c->bev, read_cb, write_cb, event_cb, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, READ_HIGH_WATER);
-    bufferevent_setwatermark(c->bev, EV_WRITE, 16384, 0);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
     c->next = s->conns;
     if (s->conns) s->conns->prev = c;
     s->conns = c;

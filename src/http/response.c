@@ -1,8 +1,10 @@
 /* Responses: complete, streamed (Content-Length or chunked) and SSE.
  * See include/reeld/http.h. */
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <time.h>
 
 #include <event2/buffer.h>
@@ -87,17 +89,41 @@ const char *http_reason(int status)
     }
 }
 
+/* The buffered connection's output; NULL when the client is gone or the
+ * connection is in stream mode (see stream_add). */
 static struct evbuffer *out_of(struct http_req *r)
 {
     struct http_conn *c = r->priv->conn;
     return c && c->bev && !c->closed ? bufferevent_get_output(c->bev) : NULL;
 }
 
+static int conn_live(const struct http_req *r)
+{
+    const struct http_conn *c = r->priv->conn;
+    return c && !c->closed && (c->bev || c->stream_mode);
+}
+
+/* Response bytes after the head, in either mode: returns the bytes
+ * queued to the client afterwards, or -1 when it is gone. */
+static long resp_writev(struct http_req *r, struct iovec *iov, int n)
+{
+    struct http_conn *c = r->priv->conn;
+    if (!conn_live(r)) return -1;
+    if (c->stream_mode) return http_conn_stream_writev(c, iov, n);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    for (int i = 0; i < n; i++)
+        evbuffer_add(out, iov[i].iov_base, iov[i].iov_len);
+    return (long)evbuffer_get_length(out);
+}
+
 void http_set_header(struct http_req *r, const char *name, const char *value)
 {
+    struct http_req_priv *rp = r->priv;
     /* CR/LF in a value would split the response: refuse it. */
     if (strpbrk(name, "\r\n:") || strpbrk(value, "\r\n")) return;
-    evbuffer_add_printf(r->priv->out_hdrs, "%s: %s\r\n", name, value);
+    if (rp->response_started) return; /* the head is gone already */
+    if (!rp->out_hdrs && !(rp->out_hdrs = evbuffer_new())) return;
+    evbuffer_add_printf(rp->out_hdrs, "%s: %s\r\n", name, value);
 }
 
 static const char *http_date(void)
@@ -136,7 +162,11 @@ static void write_head(struct http_req *r, int status, const char *ctype, int64_
         rp->chunked = 1;
     }
     if (c->closing) evbuffer_add_printf(out, "Connection: close\r\n");
-    evbuffer_add_buffer(out, rp->out_hdrs);
+    if (rp->out_hdrs) {
+        evbuffer_add_buffer(out, rp->out_hdrs);
+        evbuffer_free(rp->out_hdrs);
+        rp->out_hdrs = NULL;
+    }
     evbuffer_add(out, "\r\n", 2);
 }
 
@@ -249,28 +279,44 @@ int http_stream_start(struct http_req *r, int status, const char *ctype, int64_t
 long http_stream_write(struct http_req *r, const void *data, size_t len)
 {
     struct http_req_priv *rp = r->priv;
-    struct evbuffer *out = out_of(r);
-    if (!out || rp->finished || !rp->response_started) return -1;
-    if (len == 0) return (long)evbuffer_get_length(out);
-    if (rp->chunked) evbuffer_add_printf(out, "%zx\r\n", len);
-    evbuffer_add(out, data, len);
-    if (rp->chunked) evbuffer_add(out, "\r\n", 2);
+    if (!conn_live(r) || rp->finished || !rp->response_started) return -1;
+    if (len == 0) return (long)http_conn_queued(rp->conn);
+    char hdr[24];
+    struct iovec iov[3];
+    int n = 0;
+    if (rp->chunked) {
+        /* the chunk size in hex, without printf: this runs once per
+         * stream for every event of a fan-out */
+        char *h = hdr + sizeof hdr;
+        *--h = '\n';
+        *--h = '\r';
+        size_t v = len;
+        do {
+            *--h = "0123456789abcdef"[v & 15];
+            v >>= 4;
+        } while (v);
+        iov[n++] = (struct iovec){h, (size_t)(hdr + sizeof hdr - h)};
+    }
+    iov[n++] = (struct iovec){(void *)(uintptr_t)data, len};
+    if (rp->chunked) iov[n++] = (struct iovec){(void *)(uintptr_t) "\r\n", 2};
     rp->bytes_out += (int64_t)len;
-    return (long)evbuffer_get_length(out);
+    return resp_writev(r, iov, n);
 }
 
 size_t http_stream_queued(const struct http_req *r)
 {
     struct http_conn *c = r->priv->conn;
-    return c && c->bev && !c->closed ? evbuffer_get_length(bufferevent_get_output(c->bev)) : 0;
+    return c ? http_conn_queued(c) : 0;
 }
 
 void http_stream_end(struct http_req *r)
 {
     struct http_req_priv *rp = r->priv;
     if (rp->finished) return;
-    struct evbuffer *out = out_of(r);
-    if (out && rp->chunked && rp->response_started) evbuffer_add(out, "0\r\n\r\n", 5);
+    if (rp->chunked && rp->response_started && conn_live(r)) {
+        struct iovec end = {(void *)(uintptr_t) "0\r\n\r\n", 5};
+        resp_writev(r, &end, 1);
+    }
     if (!rp->response_started) {
         http_reply_error(r, 500, "internal", "stream ended before it started");
         return;
@@ -291,6 +337,15 @@ int http_sse_start(struct http_req *r)
     rp->sse = 1;
     rp->counted_stream = 1;
     rp->conn->srv->st.streams_open++;
+    /* The request is over as far as the handler is concerned: its fields
+     * are cleared now, its memory goes at the next reap point. */
+    r->target = NULL;
+    r->query = NULL;
+    r->headers = NULL;
+    r->nheaders = 0;
+    memset(r->params, 0, sizeof r->params);
+    r->nparams = 0;
+    http_conn_stream_want(rp->conn);
     return 0;
 }
 
@@ -299,36 +354,73 @@ int http_sse_start(struct http_req *r)
 static int sse_check_bound(struct http_req *r)
 {
     struct http_conn *c = r->priv->conn;
-    if (!c) return -1;
-    if ((int64_t)evbuffer_get_length(bufferevent_get_output(c->bev)) > c->srv->o.sse_max_queued) {
+    if (!c || c->closed) return -1;
+    if ((int64_t)http_conn_queued(c) > c->srv->o.sse_max_queued) {
         http_conn_close(c, "slow consumer");
         return -1;
     }
     return 0;
 }
 
-int http_sse_event(struct http_req *r, const char *id, const char *event, const char *data,
-                   size_t len)
+char *http_sse_format(const char *id, const char *event, const char *data, size_t len,
+                      size_t *out_len)
 {
-    if (!r->priv->conn || r->priv->finished) return -1;
-    struct evbuffer *b = evbuffer_new();
-    if (id) evbuffer_add_printf(b, "id: %s\n", id);
-    if (event) evbuffer_add_printf(b, "event: %s\n", event);
+    size_t idl = id ? strlen(id) : 0, evl = event ? strlen(event) : 0;
+    size_t lines = 1;
+    for (const char *p = data; (p = memchr(p, '\n', len - (size_t)(p - data))); p++)
+        lines++;
+    /* "id: " id "\n", "event: " event "\n", per line "data: " "\n", the
+     * blank line */
+    size_t cap = (id ? 5 + idl : 0) + (event ? 8 + evl : 0) + lines * 7 + len + 1;
+    char *f = malloc(cap), *o = f;
+    if (!f) return NULL;
+    if (id) {
+        memcpy(o, "id: ", 4);
+        memcpy(o + 4, id, idl);
+        o[4 + idl] = '\n';
+        o += 5 + idl;
+    }
+    if (event) {
+        memcpy(o, "event: ", 7);
+        memcpy(o + 7, event, evl);
+        o[7 + evl] = '\n';
+        o += 8 + evl;
+    }
     size_t i = 0;
     do {
         const char *nl = memchr(data + i, '\n', len - i);
         size_t l = nl ? (size_t)(nl - (data + i)) : len - i;
-        evbuffer_add(b, "data: ", 6);
-        evbuffer_add(b, data + i, l);
-        evbuffer_add(b, "\n", 1);
+        memcpy(o, "data: ", 6);
+        memcpy(o + 6, data + i, l);
+        o[6 + l] = '\n';
+        o += 7 + l;
         i += l + (nl ? 1 : 0);
     } while (i < len);
-    evbuffer_add(b, "\n", 1);
-    size_t n = evbuffer_get_length(b);
-    long q = http_stream_write(r, evbuffer_pullup(b, -1), n);
-    evbuffer_free(b);
-    if (q < 0) return -1;
+    *o++ = '\n';
+    *out_len = (size_t)(o - f);
+    return f;
+}
+
+int http_sse_send(struct http_req *r, const char *frame, size_t n)
+{
+    if (!r->priv->conn || r->priv->finished) return -1;
+    if (http_stream_write(r, frame, n) < 0) return -1;
     return sse_check_bound(r);
+}
+
+int http_sse_event(struct http_req *r, const char *id, const char *event, const char *data,
+                   size_t len)
+{
+    if (!r->priv->conn || r->priv->finished) return -1;
+    size_t n;
+    char *f = http_sse_format(id, event, data, len, &n);
+    if (!f) {
+        http_conn_close(r->priv->conn, "out of memory");
+        return -1;
+    }
+    int rc = http_sse_send(r, f, n);
+    free(f);
+    return rc;
 }
 
 int http_sse_comment(struct http_req *r, const char *text)

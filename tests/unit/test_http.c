@@ -1,6 +1,7 @@
 /* The HTTP server's streaming paths, in process: a server on a loopback
  * port driven by the loop in this thread, clients with blocking sockets
- * in a second thread. */
+ * in a second thread. The SSE tests look at the connection's internals
+ * (src/http/http_int.h) from the server's side. */
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -11,6 +12,7 @@
 #include <event2/buffer.h>
 #include <event2/event.h>
 
+#include "../../src/http/http_int.h"
 #include "reeld/http.h"
 #include "reeld/reap.h"
 #include "t.h"
@@ -113,11 +115,14 @@ struct sse_state {
     struct event *ev;
 };
 
+static volatile int sse_was_stream_mode;
+
 static void sse_abort(struct http_req *r)
 {
     struct sse_state *st = r->data;
     sse_dropped++;
     event_free(st->ev);
+    free(st);
     http_stream_end(r);
 }
 
@@ -126,6 +131,7 @@ static void sse_tick(evutil_socket_t fd, short w, void *arg)
     (void)fd;
     (void)w;
     struct sse_state *st = arg;
+    if (st->r->priv->conn && st->r->priv->conn->stream_mode) sse_was_stream_mode = 1;
     static char payload[4096];
     memset(payload, 'x', sizeof payload - 1);
     for (int i = 0; i < 8; i++)
@@ -137,7 +143,7 @@ static void sse_tick(evutil_socket_t fd, short w, void *arg)
 
 static void h_sse(struct http_req *r)
 {
-    struct sse_state *st = http_req_alloc(r, sizeof *st);
+    struct sse_state *st = calloc(1, sizeof *st); /* request memory goes with http_sse_start */
     st->r = r;
     st->ev = evtimer_new(base, sse_tick, st);
     r->data = st;
@@ -168,6 +174,120 @@ static void h_slow(struct http_req *r)
     r->on_abort = slow_abort;
     struct timeval tv = {0, 300000};
     event_base_once(base, -1, EV_TIMEOUT, late_reply, r, &tv);
+}
+
+/* The stream contract: after http_sse_start the request's fields are
+ * gone, and at the reap point its memory and the connection's request
+ * machinery; a write with nothing queued goes out without a write event;
+ * the stream's end returns the connection to keep-alive. */
+struct probe_state {
+    struct http_req *r;
+    struct event *ev;
+    char tag[32];
+};
+static volatile int probe_fields_gone, probe_shed, probe_direct, probe_ran;
+
+static int arena_blocks(const struct http_req *r)
+{
+    int n = 0;
+    for (const struct arena_blk *b = r->priv->arena; b; b = b->next)
+        n++;
+    return n;
+}
+
+static void probe_abort(struct http_req *r)
+{
+    struct probe_state *st = r->data;
+    event_free(st->ev);
+    free(st);
+    http_stream_end(r);
+}
+
+static void probe_tick(evutil_socket_t fd, short w, void *arg)
+{
+    (void)fd;
+    (void)w;
+    struct probe_state *st = arg;
+    struct http_req *r = st->r;
+    struct http_req_priv *p = r->priv;
+    struct http_conn *c = p->conn;
+    probe_ran = 1;
+    probe_shed = c && c->stream_mode && !c->bev && !c->acc && !c->timer && !c->kick &&
+                 !c->body_ev && !c->out && !p->out_hdrs && !p->body && arena_blocks(r) == 1 &&
+                 r->path && strcmp(r->path, "/probe") == 0;
+    http_sse_event(r, NULL, "tag", st->tag, strlen(st->tag));
+    probe_direct = c && !c->out && (!c->wr_ev || !event_pending(c->wr_ev, EV_WRITE, NULL)) &&
+                   http_stream_queued(r) == 0;
+    event_free(st->ev);
+    free(st);
+    r->data = NULL;
+    r->on_abort = NULL;
+    http_stream_end(r);
+}
+
+static void h_probe(struct http_req *r)
+{
+    struct probe_state *st = calloc(1, sizeof *st);
+    const char *tag = http_header(r, "X-Tag");
+    const char *q = http_query(r, "q"); /* request memory, released with the rest */
+    snprintf(st->tag, sizeof st->tag, "%s%s", tag ? tag : "", q ? q : "");
+    st->r = r;
+    st->ev = evtimer_new(base, probe_tick, st);
+    r->data = st;
+    r->on_abort = probe_abort;
+    http_sse_start(r);
+    probe_fields_gone = http_header(r, "X-Tag") == NULL && http_query(r, "q") == NULL &&
+                        http_param(r, 0) == NULL && r->nheaders == 0;
+    struct timeval tv = {0, 30000};
+    evtimer_add(st->ev, &tv);
+}
+
+/* Backpressure on a stream: a burst the socket cannot take is queued,
+ * on_drain runs once it drains, and the stream can end with bytes still
+ * queued. */
+#define DRAIN_MAX 2000
+static volatile int drain_queued, drain_calls, drain_sent;
+
+static void drain_on_drain(struct http_req *r)
+{
+    drain_calls++;
+    r->on_drain = NULL;
+    r->on_abort = NULL;
+    http_sse_event(r, NULL, "done", "x", 1);
+    http_stream_end(r);
+}
+
+static void drain_abort(struct http_req *r)
+{
+    http_stream_end(r);
+}
+
+static void drain_fill(evutil_socket_t fd, short w, void *arg)
+{
+    (void)fd;
+    (void)w;
+    struct http_req *r = arg;
+    struct http_conn *c = r->priv->conn;
+    if (!c) return; /* gone: drain_abort ended it */
+    int small = 4096;
+    setsockopt(c->fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    static char payload[1000];
+    memset(payload, 'y', sizeof payload);
+    /* until the socket stops taking it all (far below the drop bound) */
+    for (int i = 0; i < DRAIN_MAX && http_stream_queued(r) == 0; i++) {
+        if (http_sse_event(r, NULL, "big", payload, sizeof payload) != 0) return;
+        drain_sent++;
+    }
+    drain_queued = http_stream_queued(r) > 0 && c->wr_ev && event_pending(c->wr_ev, EV_WRITE, NULL);
+    r->on_drain = drain_on_drain;
+}
+
+static void h_drain(struct http_req *r)
+{
+    r->on_abort = drain_abort;
+    http_sse_start(r);
+    struct timeval tv = {0, 30000};
+    event_base_once(base, -1, EV_TIMEOUT, drain_fill, r, &tv);
 }
 
 /* ---- client side (second thread) ---------------------------------------- */
@@ -212,6 +332,29 @@ static size_t read_all(int fd, char *buf, size_t cap)
         if (n + 1 >= cap) break;
     }
     buf[n] = '\0';
+    return n;
+}
+
+/* Reads until the end of a chunked body ("0\r\n\r\n"), the server's
+ * close or the receive timeout; returns bytes read (NUL-terminated). */
+static size_t read_chunked_end(int fd, char *buf, size_t cap)
+{
+    size_t n = 0;
+    buf[0] = '\0';
+    while (n + 1 < cap && !strstr(buf, "\r\n0\r\n\r\n")) {
+        ssize_t r = recv(fd, buf + n, cap - 1 - n, 0);
+        if (r <= 0) break;
+        n += (size_t)r;
+        buf[n] = '\0';
+    }
+    return n;
+}
+
+static int count_of(const char *hay, const char *needle)
+{
+    int n = 0;
+    for (const char *p = hay; (p = strstr(p, needle)); p += strlen(needle))
+        n++;
     return n;
 }
 
@@ -345,6 +488,7 @@ static void test_sse_client_that_stops_reading_is_dropped(void)
     for (int i = 0; i < 100 && sse_dropped == before; i++)
         usleep(50000);
     CHECK(sse_dropped == before + 1);
+    CHECK(sse_was_stream_mode); /* cut while in stream mode, not buffered */
     struct http_stats st;
     http_server_stats(srv, &st);
     CHECK(st.streams_open == 0); /* the gauge comes back down */
@@ -393,6 +537,89 @@ static void test_malformed_chunked_body_aborts_the_streaming_handler(void)
     CHECK(aborts == before + 1);
 }
 
+static void test_sse_stream_releases_the_request_and_writes_directly(void)
+{
+    int fd = dial();
+    /* twice on one connection: the second stream reuses the first's events */
+    for (int i = 0; i < 2; i++) {
+        probe_ran = probe_fields_gone = probe_shed = probe_direct = 0;
+        const char *req = i == 0 ? "GET /probe?q=42 HTTP/1.1\r\nHost: x\r\nX-Tag: hello\r\n\r\n"
+                                 : "GET /probe?q=7 HTTP/1.1\r\nHost: x\r\nX-Tag: again\r\n\r\n";
+        send_all(fd, req, strlen(req));
+        read_chunked_end(fd, resp, sizeof resp);
+        CHECK(strstr(resp, "HTTP/1.1 200") == resp);
+        CHECK(strstr(resp, "Connection: close") == NULL);
+        CHECK(strstr(resp, i == 0 ? "event: tag\ndata: hello42\n\n"
+                                  : "event: tag\ndata: again7\n\n") != NULL);
+        CHECK(probe_ran);
+        CHECK(probe_fields_gone);
+        CHECK(probe_shed);
+        CHECK(probe_direct);
+    }
+    /* the same connection serves the next request */
+    const char *next = "GET /chunked HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    send_all(fd, next, strlen(next));
+    read_all(fd, resp, sizeof resp);
+    close(fd);
+    CHECK(strstr(resp, "HTTP/1.1 200") == resp);
+    CHECK(strstr(resp, "6\r\nhello \r\n6\r\nhello \r\n6\r\nhello \r\n0\r\n\r\n") != NULL);
+    struct http_stats st;
+    http_server_stats(srv, &st);
+    CHECK(st.streams_open == 0);
+}
+
+/* What a client sends on a stream is discarded, and the connection closes
+ * once the stream ends (no answer to it, no parse error). */
+static void test_input_on_a_stream_is_discarded_then_closes(void)
+{
+    int fd = dial();
+    const char *req = "GET /probe HTTP/1.1\r\nHost: x\r\nX-Tag: in\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    char first[512] = {0};
+    recv(fd, first, sizeof first - 1, 0); /* the head: the stream is on */
+    CHECK(strstr(first, "text/event-stream") != NULL);
+    usleep(5000);
+    const char *more = "GET /chunked HTTP/1.1\r\nHost: x\r\n\r\n";
+    send_all(fd, more, strlen(more));
+    read_all(fd, resp, sizeof resp); /* until the server closes */
+    close(fd);
+    CHECK(last_eof);
+    CHECK(strstr(resp, "event: tag\ndata: in\n\n") != NULL || strstr(first, "data: in") != NULL);
+    CHECK(strstr(resp, "HTTP/1.1") == NULL); /* nothing answered the bytes sent on the stream */
+}
+
+static char drain_resp[DRAIN_MAX * 1040 + 4096];
+
+static void test_sse_stream_backpressure_runs_on_drain(void)
+{
+    int fd = dial();
+    int small = 4096;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    const char *req = "GET /drain HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    send_all(fd, req, strlen(req));
+    usleep(200000); /* let the burst fill the socket */
+    read_chunked_end(fd, drain_resp, sizeof drain_resp);
+    close(fd);
+    CHECK(drain_queued);
+    CHECK(drain_calls == 1);
+    CHECK(drain_sent > 0 && count_of(drain_resp, "event: big\n") == drain_sent);
+    CHECK(strstr(drain_resp, "event: done\ndata: x\n\n\r\n0\r\n\r\n") != NULL);
+}
+
+static void test_sse_format_once(void)
+{
+    size_t n = 0;
+    char *f = http_sse_format("7", "status", "a\nb", 3, &n);
+    CHECK(f != NULL);
+    if (!f) return;
+    CHECK(n == strlen("id: 7\nevent: status\ndata: a\ndata: b\n\n"));
+    CHECK(memcmp(f, "id: 7\nevent: status\ndata: a\ndata: b\n\n", n) == 0);
+    free(f);
+    f = http_sse_format(NULL, NULL, "", 0, &n);
+    CHECK(f && n == 8 && memcmp(f, "data: \n\n", 8) == 0);
+    free(f);
+}
+
 static volatile int client_done;
 
 static void *client_main(void *arg)
@@ -408,6 +635,10 @@ static void *client_main(void *arg)
     TEST(test_router_params_are_decoded);
     TEST(test_bad_percent_escape_is_404);
     TEST(test_sse_client_that_stops_reading_is_dropped);
+    TEST(test_sse_stream_releases_the_request_and_writes_directly);
+    TEST(test_sse_stream_backpressure_runs_on_drain);
+    TEST(test_input_on_a_stream_is_discarded_then_closes);
+    TEST(test_sse_format_once);
     TEST(test_disconnect_while_waiting_calls_on_abort);
     TEST(test_disconnect_mid_body_calls_on_abort);
     TEST(test_malformed_chunked_body_aborts_the_streaming_handler);
@@ -443,6 +674,8 @@ int main(void)
     http_route(srv, "GET", "/short", h_short, NULL);
     http_route(srv, "GET", "/p/:a/:b", h_param, NULL);
     http_route(srv, "GET", "/sse", h_sse, NULL);
+    http_route(srv, "GET", "/probe", h_probe, NULL);
+    http_route(srv, "GET", "/drain", h_drain, NULL);
     http_route(srv, "GET", "/slow", h_slow, NULL);
     if (http_server_listen(srv) != 0) return 1;
     port = http_server_port(srv);
