@@ -23,6 +23,7 @@
 #include "reeld/http.h"
 #include "reeld/jwt.h"
 #include "reeld/log.h"
+#include "reeld/media.h"
 #include "reeld/metrics.h"
 #include "reeld/migrate.h"
 #include "reeld/pipeline.h"
@@ -428,6 +429,7 @@ static int cmd_serve(void)
     pipeline_free();
     search_free();
     proc_shutdown();
+    media_shutdown();
     auth_free(app.auth);
     http_server_free(app.http);
     fetch_free(app.fetch);

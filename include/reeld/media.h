@@ -29,4 +29,8 @@
  * fatal. Needs app.base and app.db (app.h). */
 void media_probe_duration(const char *recording_id, const char *org_id, const char *storage_key);
 
+/* At exit, after proc_shutdown: frees the probes still waiting or
+ * running (their children are gone, their callbacks never come). */
+void media_shutdown(void);
+
 #endif

@@ -323,11 +323,17 @@ static int on_piece(void *arg, const char *text, size_t len)
         lost(c);
         return 1;
     }
-    struct json_object *o = json_object_new_object();
-    json_object_object_add(o, "text", json_object_new_string_len(text, (int)len));
-    const char *js = json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN);
-    int rc = http_sse_event(c->r, NULL, "token", js, strlen(js));
-    json_object_put(o);
+    /* {"text":"..."} escaped straight into a buffer: one per token */
+    struct evbuffer *b = evbuffer_new();
+    int rc = -1;
+    if (b) {
+        evbuffer_add(b, "{\"text\":", 8);
+        util_json_strn(b, text, len);
+        evbuffer_add(b, "}", 1);
+        size_t n = evbuffer_get_length(b);
+        rc = http_sse_event(c->r, NULL, "token", (const char *)evbuffer_pullup(b, -1), n);
+        evbuffer_free(b);
+    }
     if (rc < 0) {
         lost(c); /* nothing when on_abort did it already */
         return 1;

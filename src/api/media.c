@@ -337,6 +337,7 @@ struct probe {
  * (a burst of uploads would otherwise start as many ffprobes at once,
  * and each costs a core for a moment). */
 static struct probe *probe_head, *probe_tail;
+static struct probe *probe_run[MEDIA_PROBES_MAX]; /* running, NULL slots free */
 static int probes_running;
 
 static void probe_next(void);
@@ -365,6 +366,8 @@ static void probe_saved(void *arg, const struct db_res *res, const char *err, co
 static void probe_done(void *arg, const struct proc_result *res)
 {
     struct probe *pr = arg;
+    for (int i = 0; i < MEDIA_PROBES_MAX; i++)
+        if (probe_run[i] == pr) probe_run[i] = NULL;
     probes_running--;
     probe_next();
     if (res->error || !res->exited || res->status != 0) {
@@ -436,8 +439,29 @@ static void probe_next(void)
             free(pr);
             continue;
         }
+        for (int i = 0; i < MEDIA_PROBES_MAX; i++)
+            if (!probe_run[i]) {
+                probe_run[i] = pr;
+                break;
+            }
         probes_running++;
     }
+}
+
+void media_shutdown(void)
+{
+    /* proc_shutdown ran: no probe callback comes any more */
+    for (int i = 0; i < MEDIA_PROBES_MAX; i++) {
+        free(probe_run[i]);
+        probe_run[i] = NULL;
+    }
+    while (probe_head) {
+        struct probe *pr = probe_head;
+        probe_head = pr->next;
+        free(pr);
+    }
+    probe_tail = NULL;
+    probes_running = 0;
 }
 
 void api_media_routes(struct http_server *s)

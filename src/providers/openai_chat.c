@@ -99,7 +99,8 @@ struct xfer_end {
 };
 
 struct chcall {
-    struct prov_call pc; /* first: the handle */
+    struct prov_call pc;      /* first: the handle */
+    struct json_tokener *tok; /* one per call, reset for each event */
     prov_chat_piece_cb on_piece;
     prov_chat_done_cb done;
     void *arg;
@@ -167,6 +168,7 @@ static void ch_free(struct chcall *c)
     cbuf_free(&c->line);
     cbuf_free(&c->data);
     cbuf_free(&c->pend);
+    if (c->tok) json_tokener_free(c->tok);
     free(c);
 }
 
@@ -270,19 +272,21 @@ static int get_int(struct json_object *o, const char *key, int *out)
 /* One data event that is not [DONE]. Returns 1 when parsing must stop. */
 static int on_chunk(struct chcall *c, const char *d, size_t n)
 {
-    struct json_tokener *tok = json_tokener_new();
+    /* a tokener allocates its parse stack: one per call, not per event */
+    if (!c->tok && (c->tok = json_tokener_new()) != NULL)
+        json_tokener_set_flags(c->tok, JSON_TOKENER_STRICT);
+    struct json_tokener *tok = c->tok;
     if (!tok) {
         snprintf(c->err, sizeof c->err, "%s", "openai: out of memory");
         attempt_failed(c, 1, &as_5xx);
         return 1;
     }
-    json_tokener_set_flags(tok, JSON_TOKENER_STRICT);
+    json_tokener_reset(tok);
     struct json_object *j = n <= 0x7fffffff ? json_tokener_parse_ex(tok, d, (int)n) : NULL;
     int ok = j && json_tokener_get_error(tok) == json_tokener_success &&
              json_object_is_type(j, json_type_object);
     for (size_t i = ok ? json_tokener_get_parse_end(tok) : n; i < n; i++)
         if (d[i] != ' ' && d[i] != '\t' && d[i] != '\n' && d[i] != '\r') ok = 0;
-    json_tokener_free(tok);
     if (!ok) {
         json_object_put(j);
         malformed(c, "an event is not a JSON object");
