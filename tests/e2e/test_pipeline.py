@@ -16,7 +16,8 @@ import time
 
 import sseutil
 from harness import Reeld, assert_error, done, eq, psql, run_all
-from tusutil import PIPELINE_ORDER, Org, node, public_env, speech_video
+from pipeutil import statuses, upload_js
+from tusutil import PIPELINE_ORDER, Org, public_env, speech_video
 
 SENTENCE = ("the quick brown fox jumps over the lazy dog. "
             "today we deploy the billing service to production.")
@@ -31,39 +32,12 @@ _tmp = tempfile.mkdtemp(prefix="reeld-pipe-")
 _state = {}
 
 
-def _upload(org, path, title):
-    res = node("upload.mjs", {"endpoint": f"http://127.0.0.1:{r.port}/api/uploads/",
-                              "token": org.owner, "file": path, "chunkSize": 256 * 1024,
-                              "metadata": {"filename": os.path.basename(path),
-                                           "filetype": "video/mp4", "title": title}})
-    if not res.get("ok"):
-        raise AssertionError(f"upload failed: {res}")
-    rid = psql(f"SELECT id FROM recordings WHERE title = '{title}'", db=r.db)
-    if not rid:
-        raise AssertionError("no recording for the upload")
-    return rid
-
-
-def _statuses(stream, rid, until, timeout=120):
-    """recording.status values of rid on the stream until one in until."""
-    seen = []
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        e = stream.event(lambda e: e.get("event") == "recording.status"
-                         and e["data"]["recording_id"] == rid,
-                         timeout=deadline - time.time())
-        seen.append(e["data"]["status"])
-        if e["data"]["status"] in until:
-            return seen, e
-    raise AssertionError(f"statuses so far {seen}")
-
-
 def walkthrough_runs_every_status_in_order():
     path = speech_video(_tmp, SENTENCE, "walkthrough.mp4")
     s = sseutil.Stream(r, A.owner)
     eq(s.status, 200, "SSE status")
-    rid = _upload(A, path, "Walkthrough")
-    seen, last = _statuses(s, rid, {"completed", "error"})
+    rid = upload_js(r, A.owner, path, "Walkthrough")
+    seen, last = statuses(s, rid, {"completed", "error"})
     s.close()
     _state["rid"] = rid
     eq(seen, ORDER, "statuses on the stream")
@@ -185,7 +159,7 @@ def regenerate_writes_the_document_again():
     s = sseutil.Stream(r, A.owner, query=f"?recording_id={rid}")
     st, js, _, raw = r.post(f"/api/recordings/{rid}/document/regenerate", None, token=A.owner)
     eq(st, 202, f"regenerate ({raw[:200]!r})")
-    seen, _ = _statuses(s, rid, {"completed", "error"}, timeout=60)
+    seen, _ = statuses(s, rid, {"completed", "error"}, timeout=60)
     s.close()
     eq(seen, ["doc_generating", "completed"], "statuses")
     after = psql(f"SELECT updated_at FROM documents WHERE recording_id = '{rid}'", db=r.db)
@@ -200,8 +174,8 @@ def undecodable_media_ends_error_and_retry_reruns_it():
     with open(path, "wb") as f:
         f.write(os.urandom(50000))
     s = sseutil.Stream(r, A.owner)
-    rid = _upload(A, path, "Noise")
-    seen, last = _statuses(s, rid, {"completed", "error"}, timeout=60)
+    rid = upload_js(r, A.owner, path, "Noise")
+    seen, last = statuses(s, rid, {"completed", "error"}, timeout=60)
     eq(seen[-1], "error", "final status")
     eq(last["data"]["error"]["stage"], "transcription", "error.stage")
     if "decode" not in last["data"]["error"]["message"]:
@@ -214,7 +188,7 @@ def undecodable_media_ends_error_and_retry_reruns_it():
     assert_error(st, js, 409, "conflict")
     st, js, _, _ = r.post(f"/api/recordings/{rid}/retry", None, token=A.owner)
     eq(st, 202, "retry")
-    seen, last = _statuses(s, rid, {"completed", "error"}, timeout=60)
+    seen, last = statuses(s, rid, {"completed", "error"}, timeout=60)
     s.close()
     eq(seen, ["uploaded", "transcribing", "error"], "statuses after retry")
     eq(psql(f"SELECT count(*) FROM jobs WHERE recording_id = '{rid}'", db=r.db), "2",

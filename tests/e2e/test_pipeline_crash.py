@@ -82,19 +82,25 @@ def _wait_completed(r, org_id, n, deadline):
     raise AssertionError(f"not all completed in time: statuses {by}, unfinished jobs {jobs}")
 
 
-def _live_groups():
-    """Process groups with a process that is not a zombie (a killed child
-    whose new parent does not reap it still answers kill(pid, 0))."""
-    live = set()
+def _procs():
+    """(pid, state, ppid, pgrp) of every process."""
+    out = []
     for p in os.listdir("/proc"):
+        if not p.isdigit():
+            continue
         try:
             with open(f"/proc/{p}/stat") as f:
                 st = f.read().rsplit(")", 1)[1].split()
         except (OSError, IndexError):
             continue
-        if st[0] != "Z":
-            live.add(int(st[2]))
-    return live
+        out.append((int(p), st[0], int(st[1]), int(st[2])))
+    return out
+
+
+def _live_groups():
+    """Process groups with a process that is not a zombie (a killed child
+    whose new parent does not reap it still answers kill(pid, 0))."""
+    return {g for _, state, _, g in _procs() if state != "Z"}
 
 
 def _kill9(r):
@@ -105,15 +111,7 @@ def _kill9(r):
     Returns the number of groups still there then
     (killed here, so that one failure does not slow the rest)."""
     pid = r.proc.pid
-    groups = set()
-    for p in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                st = f.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(st[1]) == pid:  # fields after the name: state, ppid, pgrp
-            groups.add(int(st[2]))
+    groups = {g for _, _, ppid, g in _procs() if ppid == pid}
     r.stop(sig=9)
     groups -= {pid, os.getpgrp(), 0, 1}
     deadline = time.time() + 5
