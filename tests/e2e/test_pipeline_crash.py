@@ -200,7 +200,7 @@ def crash_loop_every_recording_completes_once():
     finally:
         fol.stop()
     attempts = _check_recordings(r, org.id, rids)
-    _one_stage_done_each([r], org, rids)
+    _one_stage_done_each([r], org, rids, killed=True)
     reruns = sum(a - 1 for per in attempts.values() for a in per.values())
     print(f"# stage runs lost to kills: {reruns}; {time.time() - t0:.1f} s", flush=True)
     if reruns == 0:
@@ -259,10 +259,13 @@ def two_processes_split_the_jobs_none_done_twice():
     _one_stage_done_each(_state["p"], org, rids)
 
 
-def _one_stage_done_each(procs, org, rids):
+def _one_stage_done_each(procs, org, rids, killed=False):
     """Across the logs of procs (every start of each), one "stage done" a
     (recording, stage) of rids, logged by the process that jobs.leased_by
-    names (the worker of the last "pipeline workers started" above it)."""
+    names (the worker of the last "pipeline workers started" above it).
+    killed: a process was SIGKILLed, possibly between a stage's commit and
+    its log line, so a line may be missing (the database, checked apart,
+    says the stage is done once); never two."""
     logged = collections.defaultdict(list)
     for p in procs:
         worker = None
@@ -271,13 +274,19 @@ def _one_stage_done_each(procs, org, rids):
                 worker = rec["worker"]
             elif rec.get("msg") == "stage done" and rec["recording_id"] in rids:
                 logged[(rec["recording_id"], rec["stage"])].append(worker)
-    twice = {k: v for k, v in logged.items() if len(v) != 1}
+    twice = {k: v for k, v in logged.items() if len(v) > 1}
     if twice:
         raise AssertionError(f"stages done more than once: {twice}")
-    eq(sorted(logged), sorted((rid, s) for rid in rids for s in STAGES), "stages logged done")
+    want = sorted((rid, s) for rid in rids for s in STAGES)
+    if killed:
+        missing = len(want) - len(logged)
+        if not set(logged) <= set(want) or missing > KILLS:
+            raise AssertionError(f"stages logged done: {sorted(logged)}")
+    else:
+        eq(sorted(logged), want, "stages logged done")
     for rid, stage, who in _q(procs[0], f"SELECT recording_id, stage, leased_by FROM jobs"
                                         f" WHERE org_id = '{org.id}'"):
-        if rid in rids:
+        if rid in rids and (rid, stage) in logged:
             eq(logged[(rid, stage)], [who], f"worker that logged {stage} of {rid} done")
 
 
@@ -318,7 +327,7 @@ def killed_process_jobs_are_taken_over_after_the_lease():
             raise AssertionError(f"{stage} job {job} started by process 2 at {started[job]},"
                                  f" its lease ended {lease_end}")
     _check_recordings(p2, org.id, _q_rids(p2, org.id))
-    _one_stage_done_each(_state["p"], org, rids)
+    _one_stage_done_each(_state["p"], org, rids, killed=True)
     p2.stop()
 
 
