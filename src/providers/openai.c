@@ -19,7 +19,16 @@
  *   configuration table.
  * Tokens are estimated as 4 characters each. Embeddings are asked for in
  * base64 (a quarter of the size of JSON numbers); an answer with JSON
- * number arrays is accepted too. */
+ * number arrays is accepted too.
+ *
+ * Transcription sends the stored file as it is when its type is one the
+ * API takes (mp3, m4a/mp4, wav, webm, ogg, flac, mpeg) and it fits in
+ * cfg.transcribe_max_bytes: no ffmpeg start (a tenth of a second of CPU
+ * or more) for the common case. Other media, larger files, and a file the
+ * server refuses as it is (400, 415 or 422: a server that reads only some
+ * formats) go through ffmpeg: the audio track is extracted as mono 16 kHz
+ * MP3 and, when still too large, split into parts sent one after the
+ * other, their word times stitched with the parts' offsets. */
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
@@ -98,6 +107,7 @@ struct ocall {
     oc_answer_fn on_answer;
     oc_fail_fn on_fail;
     int quota;                  /* the last failure was insufficient_quota */
+    long status;                /* HTTP status of the last answer, 0 for none */
     int starting, start_failed; /* no callback from inside start */
     int expired;                /* the time limit passed */
     char err[512];
@@ -234,6 +244,7 @@ static void oc_on_done(void *arg, const struct fetch_resp *resp)
     struct ocall *c = arg;
     c->req = NULL;
     c->quota = 0;
+    c->status = resp->err ? 0 : resp->status;
     if (resp->err) {
         snprintf(c->err, sizeof c->err, "openai: %s%s", resp->err,
                  resp->timed_out ? " (timed out)" : "");
@@ -359,6 +370,7 @@ static const char *json_str(struct json_object *o, const char *key)
 struct tpart {
     char *path;
     int64_t offset_ms;
+    const char *filename, *ctype; /* static: what the request calls the file */
 };
 
 struct tcall {
@@ -366,6 +378,7 @@ struct tcall {
     prov_transcript_cb cb;
     void *arg;
     char *media;
+    int direct;  /* the stored file is being sent as it is */
     char *dir;   /* our temp directory, removed at the end */
     char *audio; /* dir/audio.mp3 */
     struct tpart *parts;
@@ -445,9 +458,29 @@ static void t_cancel(struct prov_call *pc)
     t_free((struct tcall *)pc);
 }
 
+static int t_extract(struct tcall *t);
+
 static void t_fail(struct ocall *c, const struct prov_status *st)
 {
     struct tcall *t = (struct tcall *)c;
+    if (t->direct && !c->expired && !c->quota &&
+        (c->status == 400 || c->status == 415 || c->status == 422)) {
+        /* The server does not read this file as it is: send it the
+         * extracted audio instead, within the same call. */
+        struct log_line *l = log_begin(LOG_INFO, "openai: media refused as uploaded; extracting");
+        log_str(l, "error", c->err);
+        log_end(l);
+        t->direct = 0;
+        for (size_t i = 0; i < t->nparts; i++)
+            free(t->parts[i].path);
+        t->nparts = t->cur = 0;
+        if (t_extract(t) == 0) return;
+        snprintf(c->err, sizeof c->err, "%s", "openai: cannot start ffmpeg");
+        struct prov_status again = {.outcome = PROV_RETRY, .error = c->err, .retry_after_ms = -1};
+        t->cb(t->arg, &again, NULL);
+        t_free(t);
+        return;
+    }
     t->cb(t->arg, st, NULL);
     t_free(t);
 }
@@ -461,7 +494,7 @@ static void t_fail_msg(struct tcall *t, enum prov_outcome o, const char *msg)
 static void t_finish(struct tcall *t)
 {
     /* Cleared before the callback: it must not see a half-removed dir. */
-    rm_tree(t->dir);
+    if (t->dir) rm_tree(t->dir);
     free(t->dir);
     t->dir = NULL;
     size_t n = evbuffer_get_length(t->text);
@@ -553,8 +586,8 @@ static void t_send_part(struct ocall *c)
     struct tcall *t = (struct tcall *)c;
     c->parts[0] = (struct fetch_part){.name = "file",
                                       .path = t->parts[t->cur].path,
-                                      .filename = "audio.mp3",
-                                      .content_type = "audio/mpeg"};
+                                      .filename = t->parts[t->cur].filename,
+                                      .content_type = t->parts[t->cur].ctype};
     c->parts[1] = (struct fetch_part){
         .name = "model", .data = OAI_TRANSCRIBE_MODEL, .data_len = strlen(OAI_TRANSCRIBE_MODEL)};
     c->parts[2] = (struct fetch_part){
@@ -589,16 +622,24 @@ static int t_proc_failed(struct tcall *t, const struct proc_result *res, const c
     return 1;
 }
 
+/* A part to send: path (taken), sent as filename of type ctype. */
+static int t_add_path(struct tcall *t, char *path, int64_t offset_ms, const char *filename,
+                      const char *ctype)
+{
+    struct tpart *np = path ? realloc(t->parts, (t->nparts + 1) * sizeof *np) : NULL;
+    if (!np) {
+        free(path);
+        return -1;
+    }
+    t->parts = np;
+    np[t->nparts++] = (struct tpart){path, offset_ms, filename, ctype};
+    return 0;
+}
+
+/* An extracted MP3 in our directory. */
 static int t_add_part(struct tcall *t, const char *name, int64_t offset_ms)
 {
-    struct tpart *np = realloc(t->parts, (t->nparts + 1) * sizeof *np);
-    if (!np) return -1;
-    t->parts = np;
-    char *p = path_join(t->dir, name);
-    if (!p) return -1;
-    np[t->nparts].path = p;
-    np[t->nparts++].offset_ms = offset_ms;
-    return 0;
+    return t_add_path(t, path_join(t->dir, name), offset_ms, "audio.mp3", "audio/mpeg");
 }
 
 /* The segment list (csv: file,start,end), read into parts. */
@@ -721,18 +762,39 @@ static void t_on_extract(void *arg, const struct proc_result *res)
     if (rc < 0) t_fail_msg(t, PROV_RETRY, "openai: cannot start ffmpeg");
 }
 
-static struct prov_call *t_start(const struct prov_audio *in, prov_transcript_cb cb, void *arg)
+/* Media types the transcription API reads as they are, and the file
+ * name that tells it the format. */
+static const struct {
+    const char *ctype, *filename;
+} t_direct_types[] = {
+    {"audio/mpeg", "audio.mp3"},  {"audio/mp3", "audio.mp3"},   {"audio/mp4", "audio.m4a"},
+    {"audio/m4a", "audio.m4a"},   {"audio/x-m4a", "audio.m4a"}, {"audio/wav", "audio.wav"},
+    {"audio/x-wav", "audio.wav"}, {"audio/wave", "audio.wav"},  {"audio/webm", "audio.webm"},
+    {"audio/ogg", "audio.ogg"},   {"audio/flac", "audio.flac"}, {"audio/x-flac", "audio.flac"},
+    {"video/mp4", "video.mp4"},   {"video/webm", "video.webm"}, {"video/mpeg", "video.mpeg"},
+};
+
+/* The file name to send the stored file under as it is, or NULL when it
+ * must go through ffmpeg (a remote file, another type, too large). */
+static const char *t_direct_name(const struct prov_audio *in, const char **ctype)
 {
-    if (!in || (!in->path && !in->media_url) || !cb) return NULL;
-    struct tcall *t = calloc(1, sizeof *t);
-    if (!t) return NULL;
-    t->cb = cb;
-    t->arg = arg;
-    t->oc.on_fail = t_fail;
-    t->text = evbuffer_new();
-    t->words = json_object_new_array();
-    /* ffmpeg reads remote media (a signed URL) as well as files. */
-    t->media = strdup(in->path ? in->path : in->media_url);
+    if (!in->path || !in->content_type) return NULL;
+    size_t tl = strcspn(in->content_type, "; ");
+    for (size_t i = 0; i < sizeof t_direct_types / sizeof t_direct_types[0]; i++) {
+        const char *c = t_direct_types[i].ctype;
+        if (strlen(c) != tl || strncasecmp(in->content_type, c, tl) != 0) continue;
+        struct stat sb;
+        if (stat(in->path, &sb) < 0 || sb.st_size <= 0 || sb.st_size > cfg.transcribe_max_bytes)
+            return NULL;
+        *ctype = c;
+        return t_direct_types[i].filename;
+    }
+    return NULL;
+}
+
+/* Our temp directory and the extracted audio's path in it; 0 or -1. */
+static int t_make_dir(struct tcall *t)
+{
     char *tmp = path_join(cfg.data_dir, "tmp");
     char *tmpl = tmp ? path_join(tmp, "openai-XXXXXX") : NULL;
     if (tmp && mkdir(tmp, 0700) < 0 && errno != EEXIST) {
@@ -745,11 +807,14 @@ static struct prov_call *t_start(const struct prov_audio *in, prov_transcript_cb
     else
         free(tmpl);
     if (t->dir) t->audio = path_join(t->dir, "audio.mp3");
-    t->oc.starting = 1;
-    if (oc_init(&t->oc, t_cancel) < 0 || !t->text || !t->words || !t->media || !t->audio) {
-        t_free(t);
-        return NULL;
-    }
+    return t->audio ? 0 : -1;
+}
+
+/* Starts ffmpeg on the media: its first audio track as mono 16 kHz MP3
+ * (t_on_extract goes on). 0, or -1 when it cannot start. */
+static int t_extract(struct tcall *t)
+{
+    if (!t->dir && t_make_dir(t) < 0) return -1;
     const char *argv[] = {"ffmpeg",
                           "-nostdin",
                           "-hide_banner",
@@ -771,7 +836,36 @@ static struct prov_call *t_start(const struct prov_audio *in, prov_transcript_cb
                           OAI_AUDIO_BITRATE,
                           t->audio,
                           NULL};
-    if (t_run(t, argv, t_on_extract) < 0) {
+    return t_run(t, argv, t_on_extract);
+}
+
+static struct prov_call *t_start(const struct prov_audio *in, prov_transcript_cb cb, void *arg)
+{
+    if (!in || (!in->path && !in->media_url) || !cb) return NULL;
+    struct tcall *t = calloc(1, sizeof *t);
+    if (!t) return NULL;
+    t->cb = cb;
+    t->arg = arg;
+    t->oc.on_fail = t_fail;
+    t->text = evbuffer_new();
+    t->words = json_object_new_array();
+    /* ffmpeg reads remote media (a signed URL) as well as files. */
+    t->media = strdup(in->path ? in->path : in->media_url);
+    t->oc.starting = 1;
+    if (oc_init(&t->oc, t_cancel) < 0 || !t->text || !t->words || !t->media) {
+        t_free(t);
+        return NULL;
+    }
+    const char *ctype = NULL, *name = t_direct_name(in, &ctype);
+    int rc;
+    if (name) {
+        t->direct = 1;
+        rc = t_add_path(t, strdup(in->path), 0, name, ctype);
+        if (rc == 0) t_send_part(&t->oc);
+    } else {
+        rc = t_extract(t);
+    }
+    if (rc < 0 || t->oc.start_failed) {
         t_free(t);
         return NULL;
     }

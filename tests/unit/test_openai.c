@@ -166,13 +166,23 @@ static int wait_out(struct out *o)
     return t_run_cond(app.base, t_flag_set, &o->calls, WAIT_S) == 0;
 }
 
-static struct prov_call *transcribe(const char *path, struct out *o)
+/* Transcribes the file at path, uploaded as ctype (may be NULL). */
+static struct prov_call *transcribe_as(const char *path, const char *ctype, struct out *o)
 {
-    struct prov_audio in = {.recording_id = "r1", .org_id = "o1", .path = path, .duration_ms = -1};
+    struct prov_audio in = {.recording_id = "r1",
+                            .org_id = "o1",
+                            .path = path,
+                            .content_type = ctype,
+                            .duration_ms = -1};
     in_start = 1;
     struct prov_call *c = prov_openai_transcriber.start(&in, on_transcript, o);
     in_start = 0;
     return c;
+}
+
+static struct prov_call *transcribe(const char *path, struct out *o)
+{
+    return transcribe_as(path, NULL, o);
 }
 
 static struct prov_call *write_doc(const char *transcript, struct out *o)
@@ -306,6 +316,91 @@ static void long_audio_is_split_and_stitched_with_offsets(void)
     CHECK(tmp_empty());
     cfg.transcribe_max_bytes = saved;
     out_clear(&o);
+}
+
+/* The file field of the i-th transcription request ("<file NAME, N
+ * bytes>"), copied into out. */
+static void upload_field(int i, char *out, size_t n)
+{
+    struct json_object *r = fake_requests("transcriptions"), *body, *v;
+    snprintf(out, n, "%s", "");
+    if (r && (int)json_object_array_length(r) > i &&
+        json_object_object_get_ex(json_object_array_get_idx(r, i), "body", &body) &&
+        json_object_object_get_ex(body, "file", &v))
+        snprintf(out, n, "%s", json_object_get_string(json_object_array_get_idx(v, 0)));
+    json_object_put(r);
+}
+
+static void accepted_audio_is_sent_as_it_is(void)
+{
+    char wav[300], want[64], got[128];
+    snprintf(wav, sizeof wav, "%s/tone.wav", dir);
+    struct stat sb;
+    CHECK(stat(wav, &sb) == 0);
+    fake_reset();
+    fake_script("{\"transcriptions\":[{\"transcript\":\"as it is\",\"duration\":3.0}]}");
+    struct out o = {0};
+    CHECK(transcribe_as(wav, "audio/wav; codecs=1", &o) != NULL);
+    CHECK(tmp_empty()); /* no ffmpeg, no temp directory */
+    CHECK(wait_out(&o));
+    CHECK(o.outcome == PROV_OK);
+    CHECK_STR(o.text, "as it is");
+    CHECK(count_requests("transcriptions") == 1);
+    upload_field(0, got, sizeof got);
+    snprintf(want, sizeof want, "<file audio.wav, %lld bytes>", (long long)sb.st_size);
+    CHECK_STR(got, want);
+    CHECK(tmp_empty());
+    out_clear(&o);
+}
+
+static void refused_as_it_is_then_extracted(void)
+{
+    char wav[300], got[128];
+    snprintf(wav, sizeof wav, "%s/tone.wav", dir);
+    fake_reset();
+    fake_script("{\"transcriptions\":[{\"status\":400,\"error\":{\"message\":\"Invalid file "
+                "format.\",\"type\":\"invalid_request_error\",\"param\":null,\"code\":null}},"
+                "{\"transcript\":\"after extraction\",\"duration\":3.0}]}");
+    struct out o = {0};
+    CHECK(transcribe_as(wav, "audio/x-wav", &o) != NULL);
+    CHECK(wait_out(&o));
+    CHECK(o.calls == 1);
+    CHECK(o.outcome == PROV_OK);
+    CHECK_STR(o.text, "after extraction");
+    CHECK(count_requests("transcriptions") == 2);
+    upload_field(0, got, sizeof got);
+    CHECK(strncmp(got, "<file audio.wav, ", 17) == 0);
+    upload_field(1, got, sizeof got);
+    CHECK(strncmp(got, "<file audio.mp3, ", 17) == 0);
+    CHECK(tmp_empty());
+    out_clear(&o);
+}
+
+static void large_or_unknown_media_is_extracted(void)
+{
+    char wav[300], got[128];
+    snprintf(wav, sizeof wav, "%s/tone.wav", dir);
+    int64_t saved = cfg.transcribe_max_bytes;
+    struct stat sb;
+    CHECK(stat(wav, &sb) == 0);
+    /* above the limit as it is; its 32 kbit/s extraction is far below */
+    cfg.transcribe_max_bytes = sb.st_size - 1;
+    const char *types[] = {"audio/wav", "application/octet-stream"};
+    for (int i = 0; i < 2; i++) {
+        if (i == 1) cfg.transcribe_max_bytes = saved;
+        fake_reset();
+        struct out o = {0};
+        CHECK(transcribe_as(wav, types[i], &o) != NULL);
+        CHECK(!tmp_empty()); /* ffmpeg's directory */
+        CHECK(wait_out(&o));
+        CHECK(o.outcome == PROV_OK);
+        CHECK(count_requests("transcriptions") == 1);
+        upload_field(0, got, sizeof got);
+        CHECK(strncmp(got, "<file audio.mp3, ", 17) == 0);
+        CHECK(tmp_empty());
+        out_clear(&o);
+    }
+    cfg.transcribe_max_bytes = saved;
 }
 
 static void media_without_audio_fails(void)
@@ -772,6 +867,9 @@ int main(void)
 
     TEST(transcribes_short_audio_with_words_in_ms);
     TEST(long_audio_is_split_and_stitched_with_offsets);
+    TEST(accepted_audio_is_sent_as_it_is);
+    TEST(refused_as_it_is_then_extracted);
+    TEST(large_or_unknown_media_is_extracted);
     TEST(media_without_audio_fails);
     TEST(cancel_during_ffmpeg_leaves_nothing);
     TEST(transcription_429s_end_in_retry_with_retry_after);
