@@ -205,6 +205,11 @@ enum jobq_commit_outcome {
     JOBQ_ABORTED,   /* the transaction failed (a statement, the commit, the
                        connection): nothing was committed and the job is
                        put back for a retry as by jobq_fail(not permanent) */
+    JOBQ_UNDONE,    /* jobq_commit_many only: rolled back because another
+                       job of the transaction was lost; nothing was
+                       committed and the job is the handler's again, as
+                       before jobq_done_tx (commit it alone to learn
+                       whether it was the lost one) */
 };
 typedef void (*jobq_commit_cb)(void *arg, enum jobq_commit_outcome outcome, const char *err);
 
@@ -219,6 +224,20 @@ typedef void (*jobq_commit_cb)(void *arg, enum jobq_commit_outcome outcome, cons
  * this call; err is the failure for JOBQ_ABORTED, else NULL. Returns 0, or -1 (nothing done) when
  * the job is not between jobq_done_tx and here or tx is not that transaction. */
 int jobq_commit(struct jobq_job *job, struct db_tx *tx, jobq_commit_cb cb, void *arg);
+
+/* Group commit: the completions of n running jobs (distinct, of this
+ * queue) in one transaction, with one statement, so that the stage
+ * results of several jobs share a transaction and its commit. The same
+ * contract as jobq_done_tx / jobq_commit, with two differences: the
+ * statement raises unless this worker still holds every one of the n
+ * jobs, and then the outcome is JOBQ_UNDONE for all of them (none is
+ * known lost; each is the handler's again); and jobq_commit_many must
+ * get exactly the n jobs given to jobq_done_tx_many (any order), cb
+ * running once per job with args[i] (args may be NULL). n = 1 is
+ * jobq_done_tx / jobq_commit, whose lost outcome is JOBQ_LOST. */
+int jobq_done_tx_many(struct jobq_job *const *jobs, int n, struct db_tx *tx);
+int jobq_commit_many(struct jobq_job *const *jobs, int n, struct db_tx *tx, jobq_commit_cb cb,
+                     void *const *args);
 
 /* Records that an asynchronous provider holds the work (AssemblyAI,
  * Deepgram): jobs.provider and provider_job_id, written only while this
@@ -259,6 +278,12 @@ int jobq_enqueue(struct jobq *q, const struct jobq_new_job *spec, jobq_enqueue_c
  * Returns -1 (no callback) on bad input or when db_tx_query refuses. */
 int jobq_enqueue_tx(struct jobq *q, struct db_tx *tx, const struct jobq_new_job *spec,
                     jobq_enqueue_cb cb, void *arg);
+
+/* Several jobs in one statement inside the caller's transaction (the
+ * next stages of a batch of results), as jobq_enqueue_tx without
+ * callbacks: duplicates are skipped. Returns -1 (nothing queued) when a
+ * spec is bad, n <= 0, or db_tx_query refuses. */
+int jobq_enqueue_tx_many(struct jobq *q, struct db_tx *tx, const struct jobq_new_job *specs, int n);
 
 /* Cancels every queued or running job of the recording (jobs of any
  * process): they become 'cancelled'. Handlers running them here get their

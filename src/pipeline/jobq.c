@@ -72,11 +72,12 @@ static struct db_stmt q_done = {"jobq_done",
  * events trigger's per-organization lock among them) are held only for
  * the server's own time. */
 #define LOST_SQLSTATE "22012"
+/* $1 job ids, $2 worker, $3 how many: all of them or it raises. */
 static struct db_stmt q_done_tx = {
     "jobq_done_tx", "WITH u AS (UPDATE jobs SET status = 'done',"
                     " lease_expires_at = NULL, finished_at = now(), last_error = NULL"
-                    " WHERE id = $1 AND leased_by = $2 AND status = 'running'"
-                    " RETURNING 1) SELECT 1 / count(*) FROM u"};
+                    " WHERE id = ANY($1::bigint[]) AND leased_by = $2 AND status = 'running'"
+                    " RETURNING 1) SELECT 1 / (count(*) = $3::integer)::integer FROM u"};
 
 /* $1 job, $2 worker, $3 permanent, $4 delay ms, $5 error. */
 static struct db_stmt q_fail = {
@@ -135,6 +136,16 @@ static struct db_stmt q_enqueue = {
     " ON CONFLICT (recording_id, stage) WHERE status IN ('queued', 'running') DO NOTHING"
     " RETURNING id"};
 
+/* The same for several jobs: $1 orgs, $2 recordings, $3 stages, $4
+ * payloads (NULL: {}), $5 delays ms, $6 max attempts, as arrays. */
+static struct db_stmt q_enqueue_many = {
+    "jobq_enqueue_many",
+    "INSERT INTO jobs (org_id, recording_id, stage, payload, run_at, max_attempts)"
+    " SELECT v.o, v.r, v.s, coalesce(v.p::jsonb, '{}'), now() + v.d * interval '1 millisecond',"
+    " v.m FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::bigint[],"
+    " $6::integer[]) AS v(o, r, s, p, d, m)"
+    " ON CONFLICT (recording_id, stage) WHERE status IN ('queued', 'running') DO NOTHING"};
+
 /* $1 recording. */
 static struct db_stmt q_cancel = {
     "jobq_cancel",
@@ -168,6 +179,15 @@ struct stage {
     long long claimed, done, retried, failed, cancelled, lost, rescued, errors;
 };
 
+/* The jobs completed in one transaction (jobq_done_tx_many), and what
+ * the answer to their completion statement said. */
+struct txg {
+    int owned; /* -1 unknown, 1 all held, 0 one was lost, -2 error */
+    char *err; /* owned == -2 */
+    int n;
+    struct job *jobs[];
+};
+
 struct job {
     struct jobq_job pub; /* first member: handlers get &pub */
     struct jobq *q;      /* NULL once detached by jobq_free */
@@ -177,7 +197,7 @@ struct job {
     enum jstate state;
     int holds_slot;
     int orphan;             /* was cancelled or lost while the handler held it */
-    int owned;              /* J_TX/J_COMMITTING: -1 unknown, 1 held, 0 lost, -2 error */
+    struct txg *g;          /* J_TX/J_COMMITTING: its transaction's jobs */
     unsigned long long gen; /* claim order, to match heartbeat answers */
     int64_t claimed_ms;
     struct db_tx *tx;
@@ -346,7 +366,6 @@ static struct job *job_from_row(struct jobq *q, int si, const struct db_res *res
     if (!j) return NULL;
     j->q = q;
     j->si = si;
-    j->owned = -1;
     j->gen = ++q->gen;
     j->claimed_ms = util_mono_ms();
     j->stage_name = strdup(q->stages[si].name);
@@ -724,25 +743,96 @@ static void fail_start(struct job *j, const char *error, long long retry_after_m
 
 static void on_done_tx(void *arg, const struct db_res *res, const char *err, const char *sqlstate);
 
-int jobq_done_tx(struct jobq_job *pub, struct db_tx *tx)
+/* A transaction's group of n jobs (their completion was queued on tx). */
+static struct txg *txg_new(struct jobq_job *const *pubs, int n, struct db_tx *tx)
 {
-    struct job *j = (struct job *)pub;
-    if (!pub || !tx || !j->q) return -1;
-    if (j->state == J_ORPHAN) {
-        j->state = J_TX;
-        j->owned = 0;
+    struct txg *g = malloc(sizeof *g + (size_t)n * sizeof g->jobs[0]);
+    if (!g) return NULL;
+    g->owned = -1;
+    g->err = NULL;
+    g->n = n;
+    for (int i = 0; i < n; i++) {
+        struct job *j = (struct job *)pubs[i];
+        g->jobs[i] = j;
+        j->g = g;
         j->tx = tx;
+        j->state = J_TX;
+    }
+    return g;
+}
+
+static void txg_free(struct txg *g)
+{
+    free(g->err);
+    free(g);
+}
+
+/* "{id,id,...}" of the jobs, or NULL when one is not a running job of
+ * q or comes twice. */
+static char *running_ids(const struct jobq *q, struct jobq_job *const *pubs, int n)
+{
+    size_t cap = (size_t)n * 21 + 3, len = 0;
+    char *lit = malloc(cap);
+    if (!lit) return NULL;
+    lit[len++] = '{';
+    for (int i = 0; i < n; i++) {
+        const struct job *j = (const struct job *)pubs[i];
+        int twice = 0;
+        for (int k = 0; k < i; k++)
+            twice |= pubs[k] == pubs[i];
+        if (!j || j->q != q || j->state != J_RUNNING || twice) {
+            free(lit);
+            return NULL;
+        }
+        len += (size_t)snprintf(lit + len, cap - len, "%s%lld", i ? "," : "", j->pub.id);
+    }
+    lit[len++] = '}';
+    lit[len] = '\0';
+    return lit;
+}
+
+int jobq_done_tx_many(struct jobq_job *const *pubs, int n, struct db_tx *tx)
+{
+    if (!pubs || n <= 0 || !tx || !pubs[0]) return -1;
+    const struct job *first = (const struct job *)pubs[0];
+    struct jobq *q = first->q;
+    if (!q) return -1;
+    if (n == 1 && first->state == J_ORPHAN) {
+        /* lost or cancelled already: nothing to queue; jobq_commit rolls back */
+        struct txg *g = txg_new(pubs, 1, tx);
+        if (!g) return -1;
+        g->owned = 0;
         return 0;
     }
-    if (j->state != J_RUNNING) return -1;
-    char id[24];
-    snprintf(id, sizeof id, "%lld", j->pub.id);
-    const char *p[2] = {id, j->q->worker_id};
-    if (db_tx_query(tx, &q_done_tx, 2, p, on_done_tx, j) != 0) return -1;
-    j->state = J_TX;
-    j->owned = -1;
-    j->tx = tx;
+    char *lit = running_ids(q, pubs, n), count[16];
+    if (!lit) return -1;
+    snprintf(count, sizeof count, "%d", n);
+    /* the group exists before the statement (its callback's argument);
+     * the jobs join it only once the statement is queued */
+    struct txg *g = malloc(sizeof *g + (size_t)n * sizeof g->jobs[0]);
+    const char *p[3] = {lit, q->worker_id, count};
+    int rc = g ? db_tx_query(tx, &q_done_tx, 3, p, on_done_tx, g) : -1;
+    free(lit);
+    if (rc != 0) {
+        free(g);
+        return -1;
+    }
+    g->owned = -1;
+    g->err = NULL;
+    g->n = n;
+    for (int i = 0; i < n; i++) {
+        struct job *j = (struct job *)pubs[i];
+        g->jobs[i] = j;
+        j->g = g;
+        j->tx = tx;
+        j->state = J_TX;
+    }
     return 0;
+}
+
+int jobq_done_tx(struct jobq_job *pub, struct db_tx *tx)
+{
+    return jobq_done_tx_many(&pub, 1, tx);
 }
 
 /* The job was not this worker's any more: nothing was committed. */
@@ -760,72 +850,109 @@ static void lost_before_commit(struct job *j)
     event_active(q->defer_ev, EV_TIMEOUT, 0);
 }
 
+/* The transaction of a group of several jobs was rolled back because one
+ * of them was lost: the others are their handlers' again, as before
+ * jobq_done_tx. */
+static void undone(struct job *j)
+{
+    j->state = J_RUNNING;
+    j->g = NULL;
+    j->tx = NULL;
+    jobq_commit_cb cb = j->ccb;
+    void *arg = j->carg;
+    j->ccb = NULL;
+    j->carg = NULL;
+    if (cb) cb(arg, JOBQ_UNDONE, NULL);
+}
+
 static void on_commit(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
 {
-    struct job *j = arg;
+    struct txg *g = arg;
     (void)res;
     (void)sqlstate;
-    if (!j->q) {
-        job_free(j);
-        return;
+    int n = g->n, owned = g->owned;
+    char msg[MAX_ERROR_BYTES];
+    if (err) snprintf(msg, sizeof msg, "commit failed: %s", owned == -2 && g->err ? g->err : err);
+    g->n = 0; /* the jobs leave the group one by one below */
+    for (int i = 0; i < n; i++) {
+        struct job *j = g->jobs[i];
+        j->g = NULL;
+        if (!j->q) {
+            job_free(j);
+        } else if (err && owned == 0 && n == 1) {
+            lost_before_commit(j); /* the completion raised: rolled back */
+        } else if (err && owned == 0) {
+            undone(j);
+        } else if (err) {
+            j->aborted = 1;
+            fail_start(j, msg, -1, 0);
+        } else {
+            struct stage *st = &j->q->stages[j->si];
+            st->done++;
+            struct log_line *l = log_begin(LOG_INFO, "job done");
+            log_job(l, j);
+            log_int(l, "ms", util_mono_ms() - j->claimed_ms);
+            log_end(l);
+            finish(j, JOBQ_COMMITTED, NULL);
+        }
     }
-    if (err && j->owned == 0) {
-        lost_before_commit(j); /* the completion raised: rolled back */
-        return;
-    }
-    if (err) {
-        char msg[MAX_ERROR_BYTES];
-        snprintf(msg, sizeof msg, "commit failed: %s", j->owned == -2 && j->err ? j->err : err);
-        j->aborted = 1;
-        fail_start(j, msg, -1, 0);
-        return;
-    }
-    struct stage *st = &j->q->stages[j->si];
-    st->done++;
-    struct log_line *l = log_begin(LOG_INFO, "job done");
-    log_job(l, j);
-    log_int(l, "ms", util_mono_ms() - j->claimed_ms);
-    log_end(l);
-    finish(j, JOBQ_COMMITTED, NULL);
+    txg_free(g);
 }
 
 static void on_done_tx(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
 {
-    struct job *j = arg;
+    struct txg *g = arg;
     (void)res;
     /* only noted: the COMMIT behind it says whether anything held */
     if (err && strcmp(sqlstate, LOST_SQLSTATE) == 0) {
-        j->owned = 0;
+        g->owned = 0;
     } else if (err) {
-        j->owned = -2;
-        free(j->err);
-        j->err = error_copy(err);
+        g->owned = -2;
+        free(g->err);
+        g->err = error_copy(err);
     } else {
-        j->owned = 1;
+        g->owned = 1;
     }
+}
+
+int jobq_commit_many(struct jobq_job *const *pubs, int n, struct db_tx *tx, jobq_commit_cb cb,
+                     void *const *args)
+{
+    if (!pubs || n <= 0 || !tx || !pubs[0]) return -1;
+    struct txg *g = ((struct job *)pubs[0])->g;
+    if (!g || g->n != n) return -1;
+    for (int i = 0; i < n; i++) {
+        const struct job *j = (const struct job *)pubs[i];
+        if (!j || j->state != J_TX || j->tx != tx || j->g != g) return -1;
+    }
+    /* n distinct members of a group of n: exactly the group */
+    if (!g->jobs[0]->q) { /* the queue was freed meanwhile */
+        db_tx_rollback(tx);
+        for (int i = 0; i < n; i++)
+            job_free(g->jobs[i]);
+        txg_free(g);
+        return 0;
+    }
+    for (int i = 0; i < n; i++) {
+        struct job *j = (struct job *)pubs[i];
+        j->tx = NULL;
+        j->ccb = cb;
+        j->carg = args ? args[i] : NULL;
+        j->state = J_COMMITTING;
+        release_slot(j);
+    }
+    if (g->owned == 0 && n == 1) { /* lost or cancelled before jobq_done_tx */
+        db_tx_rollback(tx);
+        on_commit(g, NULL, "the job was lost", LOST_SQLSTATE);
+        return 0;
+    }
+    db_tx_commit(tx, on_commit, g);
+    return 0;
 }
 
 int jobq_commit(struct jobq_job *pub, struct db_tx *tx, jobq_commit_cb cb, void *arg)
 {
-    struct job *j = (struct job *)pub;
-    if (!pub || !tx || j->state != J_TX || j->tx != tx) return -1;
-    j->tx = NULL;
-    if (!j->q) {
-        db_tx_rollback(tx);
-        job_free(j);
-        return 0;
-    }
-    j->ccb = cb;
-    j->carg = arg;
-    j->state = J_COMMITTING;
-    release_slot(j);
-    if (j->owned == 0) { /* lost or cancelled before jobq_done_tx */
-        db_tx_rollback(tx);
-        lost_before_commit(j);
-        return 0;
-    }
-    db_tx_commit(tx, on_commit, j);
-    return 0;
+    return jobq_commit_many(&pub, 1, tx, cb, &arg);
 }
 
 struct provider_op {
@@ -893,21 +1020,27 @@ static void on_enqueue(void *arg, const struct db_res *res, const char *err, con
     free(op);
 }
 
+static int spec_ok(const struct jobq_new_job *s)
+{
+    return s && s->org_id && s->recording_id && util_is_uuid(s->org_id) &&
+           util_is_uuid(s->recording_id) && s->stage && *s->stage &&
+           strlen(s->stage) <= MAX_STAGE_NAME && s->delay_ms >= 0 && s->delay_ms <= MAX_DELAY_MS;
+}
+
+static int spec_attempts(const struct jobq *q, const struct jobq_new_job *s)
+{
+    return s->max_attempts > 0 ? s->max_attempts : q ? q->max_attempts : JOBQ_DEFAULT_ATTEMPTS;
+}
+
 static int enqueue(struct jobq *q, struct db_tx *tx, const struct jobq_new_job *s,
                    jobq_enqueue_cb cb, void *arg)
 {
-    if ((!q && !tx) || !s || !s->org_id || !s->recording_id || !util_is_uuid(s->org_id) ||
-        !util_is_uuid(s->recording_id) || !s->stage || !*s->stage ||
-        strlen(s->stage) > MAX_STAGE_NAME || s->delay_ms < 0 || s->delay_ms > MAX_DELAY_MS)
-        return -1;
+    if ((!q && !tx) || !spec_ok(s)) return -1;
     struct enqueue_op *op = malloc(sizeof *op);
     if (!op) return -1;
     char delay[24], max[16];
     snprintf(delay, sizeof delay, "%lld", s->delay_ms);
-    snprintf(max, sizeof max, "%d",
-             s->max_attempts > 0 ? s->max_attempts
-             : q                 ? q->max_attempts
-                                 : JOBQ_DEFAULT_ATTEMPTS);
+    snprintf(max, sizeof max, "%d", spec_attempts(q, s));
     const char *p[6] = {s->org_id, s->recording_id, s->stage, s->payload, delay, max};
     op->q = q;
     /* our own insert wakes our claim at once; a transaction's waits for
@@ -930,6 +1063,55 @@ int jobq_enqueue_tx(struct jobq *q, struct db_tx *tx, const struct jobq_new_job 
                     jobq_enqueue_cb cb, void *arg)
 {
     return tx ? enqueue(q, tx, spec, cb, arg) : -1;
+}
+
+/* Appends s to an array literal being built in b: in double quotes, a
+ * backslash before each double quote and backslash; NULL as NULL. */
+static void array_elem(struct evbuffer *b, int first, const char *s)
+{
+    if (!first) evbuffer_add(b, ",", 1);
+    if (!s) {
+        evbuffer_add(b, "NULL", 4);
+        return;
+    }
+    evbuffer_add(b, "\"", 1);
+    for (const char *p = s; *p; p++) {
+        if (*p == '"' || *p == '\\') evbuffer_add(b, "\\", 1);
+        evbuffer_add(b, p, 1);
+    }
+    evbuffer_add(b, "\"", 1);
+}
+
+int jobq_enqueue_tx_many(struct jobq *q, struct db_tx *tx, const struct jobq_new_job *specs, int n)
+{
+    if (!tx || !specs || n <= 0) return -1;
+    for (int i = 0; i < n; i++)
+        if (!spec_ok(&specs[i])) return -1;
+    struct evbuffer *b[6];
+    int ok = 1;
+    for (int k = 0; k < 6; k++) {
+        b[k] = evbuffer_new();
+        ok = ok && b[k];
+        if (b[k]) evbuffer_add(b[k], "{", 1);
+    }
+    for (int i = 0; ok && i < n; i++) {
+        const struct jobq_new_job *s = &specs[i];
+        char delay[24], max[16];
+        snprintf(delay, sizeof delay, "%lld", s->delay_ms);
+        snprintf(max, sizeof max, "%d", spec_attempts(q, s));
+        const char *v[6] = {s->org_id, s->recording_id, s->stage, s->payload, delay, max};
+        for (int k = 0; k < 6; k++)
+            array_elem(b[k], i == 0, v[k]);
+    }
+    const char *p[6];
+    for (int k = 0; ok && k < 6; k++) {
+        ok = evbuffer_add(b[k], "}", 2) == 0; /* with the NUL */
+        p[k] = ok ? (const char *)evbuffer_pullup(b[k], -1) : NULL;
+    }
+    int rc = ok ? db_tx_query(tx, &q_enqueue_many, 6, p, NULL, NULL) : -1;
+    for (int k = 0; k < 6; k++)
+        if (b[k]) evbuffer_free(b[k]);
+    return rc;
 }
 
 struct cancel_op {

@@ -299,6 +299,11 @@ static int held_one(void *arg)
     return ((struct worker *)arg)->nheld > 0;
 }
 
+static int held_three(void *arg)
+{
+    return ((struct worker *)arg)->nheld >= 3;
+}
+
 /* ---- tests */
 
 static void test_enqueued_job_runs_once_and_is_done(void)
@@ -398,6 +403,73 @@ static void test_duplicate_enqueue_is_reported_as_already_queued(void)
     q1("UPDATE jobs SET status = 'done' WHERE id = %lld", id);
     long long id2 = enqueue_wait(q, rec, "document", NULL, 0, 0);
     CHECK(id2 > id);
+    db_pool_free(db);
+    jobq_free(q);
+}
+
+/* jobq_enqueue_tx_many: recs[0] gets a document job with a payload that
+ * needs quoting in an array, recs[1] one that is already queued, recs[2]
+ * an embedding job 1 h away with 7 attempts. */
+struct txmany {
+    struct jobq *q;
+    const char (*recs)[37];
+    int committed, rc;
+    char commit_err[256];
+};
+
+static void on_txmany_commit(void *arg, const struct db_res *res, const char *err,
+                             const char *sqlstate)
+{
+    struct txmany *t = arg;
+    (void)res;
+    (void)sqlstate;
+    t->committed = 1;
+    snprintf(t->commit_err, sizeof t->commit_err, "%s", err ? err : "");
+}
+
+static void on_txmany_begin(void *arg, struct db_tx *tx, const char *err)
+{
+    struct txmany *t = arg;
+    (void)err;
+    if (!tx) {
+        t->committed = 1;
+        return;
+    }
+    struct jobq_new_job s[3] = {
+        {org_id, t->recs[0], "document", "{\"model\": \"a \\\"b\\\" \\\\ c\"}", 0, 0},
+        {org_id, t->recs[1], "document", NULL, 0, 0},
+        {org_id, t->recs[2], "embedding", NULL, 3600000, 7}};
+    struct jobq_new_job bad = {org_id, "not-a-uuid", "document", NULL, 0, 0};
+    CHECK(jobq_enqueue_tx_many(t->q, tx, &bad, 1) == -1);
+    CHECK(jobq_enqueue_tx_many(t->q, tx, s, 0) == -1);
+    t->rc = jobq_enqueue_tx_many(t->q, tx, s, 3);
+    db_tx_commit(tx, on_txmany_commit, t);
+}
+
+static void test_many_jobs_are_enqueued_in_one_statement(void)
+{
+    char recs[3][37];
+    reset();
+    for (int i = 0; i < 3; i++)
+        new_recording(recs[i]);
+    struct db_pool *db = pool_new("w-many");
+    struct worker w = {.mode = M_DONE};
+    struct jobq_stage st[] = {stage_for("transcription", &w, 1, 0, 0)};
+    struct jobq *q = queue_new(db, "w-many", st, 1, NULL);
+    long long dup = enqueue_wait(q, recs[1], "document", NULL, 0, 0);
+    CHECK(dup > 0);
+    struct txmany t = {.q = q, .recs = (const char(*)[37])recs};
+    CHECK(db_tx_begin(db, on_txmany_begin, &t) != NULL);
+    CHECK(t_run_cond(base, t_flag_set, &t.committed, 30) == 0);
+    CHECK(t.rc == 0);
+    CHECK_STR(t.commit_err, "");
+    CHECK_STR(q1("SELECT payload->>'model' FROM jobs WHERE recording_id = '%s'", recs[0]),
+              "a \"b\" \\ c");
+    CHECK(qll("SELECT count(*) FROM jobs WHERE recording_id = '%s'", recs[1]) == 1);
+    CHECK_STR(q1("SELECT stage || ' ' || max_attempts || ' ' ||"
+                 " (run_at > now() + interval '59 minutes') FROM jobs WHERE recording_id = '%s'",
+                 recs[2]),
+              "embedding 7 true");
     db_pool_free(db);
     jobq_free(q);
 }
@@ -802,6 +874,116 @@ static void test_completion_in_a_transaction_commits_only_while_the_job_is_held(
     jobq_free(q);
 }
 
+/* Several jobs' results in one transaction (jobq_done_tx_many). */
+struct group {
+    struct txdone t[3];
+    int n;
+};
+
+static void on_group_tx(void *arg, struct db_tx *tx, const char *err)
+{
+    struct group *g = arg;
+    struct jobq_job *jobs[3];
+    void *args[3];
+    (void)err;
+    if (!tx) return;
+    for (int i = 0; i < g->n; i++) {
+        jobs[i] = g->t[i].job;
+        args[i] = &g->t[i];
+    }
+    CHECK(jobq_done_tx_many(jobs, g->n, tx) == 0);
+    for (int i = 0; i < g->n; i++) {
+        char id[24];
+        snprintf(id, sizeof id, "%lld", g->t[i].job->id);
+        const char *p[2] = {id, "me"};
+        db_tx_query(tx, &q_result, 2, p, NULL, NULL);
+    }
+    /* not the same set: refused, nothing changes */
+    CHECK(jobq_commit_many(jobs, g->n - 1, tx, on_outcome, args) == -1);
+    CHECK(jobq_commit_many(jobs, g->n, tx, on_outcome, args) == 0);
+}
+
+static int group_answered(void *arg)
+{
+    struct group *g = arg;
+    for (int i = 0; i < g->n; i++)
+        if (!g->t[i].called) return 0;
+    return 1;
+}
+
+static void test_group_completion_commits_all_or_hands_every_job_back(void)
+{
+    char r[3][37];
+    long long id[3];
+    reset();
+    struct db_pool *db = pool_new("w-group");
+    struct worker w = {.mode = M_HOLD};
+    struct jobq_stage st[] = {stage_for("document", &w, 3, 0, 0)};
+    struct jobq *q = queue_new(db, "w-group", st, 1, NULL);
+
+    /* all held: the three results and completions commit together */
+    for (int i = 0; i < 3; i++) {
+        new_recording(r[i]);
+        id[i] = enqueue_wait(q, r[i], "document", NULL, 0, 0);
+    }
+    CHECK(t_run_cond(base, held_three, &w, 30) == 0);
+    struct group a = {.n = 3};
+    for (int i = 0; i < 3; i++)
+        a.t[i].job = w.held[i];
+    w.nheld = 0;
+    CHECK(db_tx_begin(db, on_group_tx, &a) != NULL);
+    CHECK(t_run_cond(base, group_answered, &a, 30) == 0);
+    for (int i = 0; i < 3; i++) {
+        CHECK(a.t[i].called == 1 && a.t[i].outcome == JOBQ_COMMITTED);
+        CHECK_STR(q1("SELECT status FROM jobs WHERE id = %lld", id[i]), "done");
+        CHECK(qll("SELECT count(*) FROM results WHERE job_id = %lld", id[i]) == 1);
+    }
+
+    /* one taken over: nothing at all is committed, every job is the
+     * handler's again; committed alone, the lost one is LOST and the
+     * others commit */
+    for (int i = 0; i < 3; i++) {
+        new_recording(r[i]);
+        id[i] = enqueue_wait(q, r[i], "document", NULL, 0, 0);
+    }
+    CHECK(t_run_cond(base, held_three, &w, 30) == 0);
+    struct group b = {.n = 3};
+    for (int i = 0; i < 3; i++)
+        b.t[i].job = w.held[i];
+    w.nheld = 0;
+    long long stolen = b.t[1].job->id;
+    q1("UPDATE jobs SET leased_by = 'thief', lease_expires_at = now() + interval '1 hour'"
+       " WHERE id = %lld",
+       stolen);
+    CHECK(db_tx_begin(db, on_group_tx, &b) != NULL);
+    CHECK(t_run_cond(base, group_answered, &b, 30) == 0);
+    for (int i = 0; i < 3; i++) {
+        CHECK(b.t[i].called == 1 && b.t[i].outcome == JOBQ_UNDONE);
+        CHECK(qll("SELECT count(*) FROM results WHERE job_id = %lld", id[i]) == 0);
+    }
+    CHECK_STR(q1("SELECT string_agg(status, ',' ORDER BY id) FROM jobs WHERE id IN"
+                 " (%lld, %lld, %lld)",
+                 id[0], id[1], id[2]),
+              "running,running,running");
+    struct txdone alone[3];
+    for (int i = 0; i < 3; i++) {
+        alone[i] = (struct txdone){.job = b.t[i].job};
+        CHECK(db_tx_begin(db, on_result_tx, &alone[i]) != NULL);
+    }
+    for (int i = 0; i < 3; i++) {
+        CHECK(t_run_cond(base, outcome_called, &alone[i], 30) == 0);
+        CHECK(alone[i].outcome == (i == 1 ? JOBQ_LOST : JOBQ_COMMITTED));
+    }
+    CHECK(qll("SELECT count(*) FROM results WHERE job_id IN (%lld, %lld, %lld)", id[0], id[1],
+              id[2]) == 2);
+    CHECK(qll("SELECT count(*) FROM results WHERE job_id = %lld", stolen) == 0);
+    struct jobq_stage_stats s;
+    jobq_stats(q, 0, &s);
+    CHECK(s.done == 5 && s.lost == 1 && s.running == 0);
+    db_pool_free(db);
+    jobq_free(q);
+}
+
 static void test_lease_expired_on_the_last_attempt_fails_through_the_hook(void)
 {
     char rec[37];
@@ -1110,6 +1292,7 @@ int main(void)
 
     TEST(test_enqueued_job_runs_once_and_is_done);
     TEST(test_duplicate_enqueue_is_reported_as_already_queued);
+    TEST(test_many_jobs_are_enqueued_in_one_statement);
     TEST(test_failed_job_is_retried_no_earlier_than_retry_after_then_done);
     TEST(test_backoff_doubles_with_jitter_up_to_the_cap_then_fails_for_good);
     TEST(test_permanent_failure_fails_at_once_and_marks_the_recording_atomically);
@@ -1120,6 +1303,7 @@ int main(void)
     TEST(test_notify_wakes_a_worker_without_the_poll);
     TEST(test_cancel_recording_cancels_its_queued_and_running_jobs);
     TEST(test_completion_in_a_transaction_commits_only_while_the_job_is_held);
+    TEST(test_group_completion_commits_all_or_hands_every_job_back);
     TEST(test_lease_expired_on_the_last_attempt_fails_through_the_hook);
     TEST(test_stop_claims_nothing_more_and_reports_idle_when_handlers_end);
     TEST(test_release_hands_running_jobs_back_at_once_with_their_attempt);
