@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include <event2/buffer.h>
+#include <event2/event.h>
 #include <json-c/json.h>
 
 #include "reeld/app.h"
@@ -95,36 +96,51 @@ int pipeline_is_stage(const char *stage)
     " THEN NULL ELSE jsonb_build_object('stage', error_stage, 'message', error_message) END)"      \
     " FROM u"
 
-/* What a stage needs of its recording. $3: the stage (the transcript is
- * read only by the stages that use it). */
-static struct db_stmt q_ctx = {
-    "pipe_ctx", "SELECT r.status, r.storage_key, r.content_type, r.title, r.duration_ms,"
-                " r.error_stage, CASE WHEN $3 IN ('document', 'embedding') THEN t.text END,"
-                " CASE WHEN $3 IN ('document', 'embedding') THEN t.words::text END,"
-                " coalesce((o.settings->>'auto_publish')::boolean, false), t.text IS NOT NULL"
-                " FROM recordings r JOIN organizations o ON o.id = r.org_id"
-                " LEFT JOIN transcripts t ON t.recording_id = r.id"
-                " WHERE r.id = $1 AND r.org_id = $2 AND r.deleted_at IS NULL"};
-enum { C_STATUS, C_KEY, C_CTYPE, C_TITLE, C_DURATION, C_ERRSTAGE, C_TEXT, C_WORDS, C_AUTOPUB };
+/* A batch of claimed jobs of one stage starts: $1 the job ids, $2 this
+ * worker, $3 the stage's running status (NULL: none), $4 the stage. For
+ * the jobs still this worker's, the running status is set with its event
+ * (so its event comes before the result's, and a handler that lost its
+ * job unnoticed cannot set the status back), and the answer is what each
+ * job's stage needs of its recording: one row per job still held, with
+ * the recording's columns NULL when it was deleted (the transcript only
+ * for the stages that read it). */
+#define BEGIN_EVENTS " e AS (" EVENT_FROM_U("$4::text") ")"
+static struct db_stmt q_begin = {
+    "pipe_begin",
+    "WITH j AS (SELECT id, recording_id, org_id FROM jobs"
+    " WHERE id = ANY($1::bigint[]) AND leased_by = $2 AND status = 'running'),"
+    " u AS (UPDATE recordings r SET status = $3 FROM j"
+    " WHERE $3::text IS NOT NULL AND r.id = j.recording_id AND r.org_id = j.org_id"
+    " AND r.deleted_at IS NULL AND r.status <> $3::text"
+    " RETURNING r.id, r.org_id, r.status, r.error_stage, r.error_message)," BEGIN_EVENTS
+    " SELECT j.id, r.id IS NOT NULL, r.storage_key, r.content_type, r.title, r.duration_ms,"
+    " CASE WHEN $4::text IN ('document', 'embedding') THEN t.text END,"
+    " CASE WHEN $4::text IN ('document', 'embedding') THEN t.words::text END,"
+    " coalesce((o.settings->>'auto_publish')::boolean, false), t.text IS NOT NULL"
+    " FROM j LEFT JOIN recordings r ON r.id = j.recording_id AND r.org_id = j.org_id"
+    " AND r.deleted_at IS NULL"
+    " LEFT JOIN organizations o ON o.id = r.org_id"
+    " LEFT JOIN transcripts t ON t.recording_id = r.id"};
+enum { B_ID, B_PRESENT, B_KEY, B_CTYPE, B_TITLE, B_DURATION, B_TEXT, B_WORDS, B_AUTOPUB, B_HAS_T };
 
-/* Sets the status (and completed_at) with its event, only when it
- * changes. $3 'completed' means 'error' when error_stage is set. $4 the
- * stage named in the event. */
-#define TARGET "CASE WHEN $3 = 'completed' AND error_stage IS NOT NULL THEN 'error' ELSE $3 END"
-#define STATUS_SQL(held)                                                                           \
-    "WITH u AS (UPDATE recordings SET status = " TARGET ","                                        \
-    " completed_at = CASE WHEN " TARGET " = 'completed' THEN now()"                                \
-    " ELSE completed_at END"                                                                       \
-    " WHERE id = $1 AND org_id = $2 AND deleted_at IS NULL"                                        \
-    " AND status <> " TARGET held " RETURNING id, org_id, status, error_stage,"                    \
-    " error_message)" EVENT_FROM_U("$4::text")
-static struct db_stmt q_status = {"pipe_status", STATUS_SQL("")};
-/* The same when a stage starts, outside its result's transaction: only
- * while its job is still this worker's ($5 job, $6 worker), so a handler
- * that lost its lease unnoticed cannot set the status back. */
-static struct db_stmt q_start = {"pipe_start",
-                                 STATUS_SQL(" AND EXISTS (SELECT 1 FROM jobs WHERE id = $5::bigint"
-                                            " AND leased_by = $6 AND status = 'running')")};
+/* Sets the statuses of several recordings, each with its event, where it
+ * changes: $1 recording ids, $2 their organizations, $3 the statuses
+ * ('completed' means 'error' when error_stage is set; completed_at is
+ * set with 'completed'), $4 the stages named in the events. */
+#define TARGET                                                                                     \
+    "CASE WHEN v.target = 'completed' AND r.error_stage IS NOT NULL THEN 'error'"                  \
+    " ELSE v.target END"
+static struct db_stmt q_status = {
+    "pipe_status",
+    "WITH v AS (SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[])"
+    " AS v(id, org_id, target, stage)),"
+    " u AS (UPDATE recordings r SET status = " TARGET ","
+    " completed_at = CASE WHEN " TARGET " = 'completed' THEN now() ELSE r.completed_at END"
+    " FROM v WHERE r.id = v.id AND r.org_id = v.org_id AND r.deleted_at IS NULL"
+    " AND r.status <> " TARGET
+    " RETURNING r.id, r.org_id, r.status, r.error_stage, r.error_message, v.stage)" EVENT_FROM_U(
+        "stage")};
+#undef TARGET
 
 /* The recording ends 'error' ($3 stage, $4 message). */
 static struct db_stmt q_error = {
@@ -209,14 +225,35 @@ static void observe_stage(const struct stage_def *d, int64_t ms)
 
 static struct jobq *queue;
 
+/* ---- batches --------------------------------------------------------------------
+ *
+ * The database work of the jobs is done in batches: the claimed jobs of a
+ * stage start with one statement (q_begin), and the results ready in the
+ * same loop turn, or while earlier results' transactions are out, are
+ * stored in one transaction (group commit: one BEGIN, one completion
+ * statement, one status statement and one COMMIT for all of them, the
+ * organization's events lock taken once). A work waits on a list (starts
+ * per stage, results) until the flush (a deferred event) sends its batch;
+ * a cancelled work leaves its list, or its batch's slot is cleared. */
+
+#define BATCH_MAX 32
+/* Result transactions out at once; more results wait and join a later,
+ * larger batch. */
+#define RESULT_TXS 2
+
+struct batch;
+
 struct work {
     struct jobq_job *job;
     const struct stage_def *def;
-    struct db_req *req;     /* pending query, cancelled with the job */
+    struct work *prev, *next; /* on a waiting list */
+    struct wlist *list;       /* that list, or NULL */
+    struct batch *batch;      /* the batch it is in (b->w[bidx] == this), or NULL */
+    int bidx;
+    int alone;              /* its result goes in a transaction of its own */
     struct prov_call *call; /* provider call in flight */
     struct proc *proc;      /* publication's ffmpeg */
     int64_t t0;
-    char status[32];
     char *key, *ctype, *title;
     int64_t duration_ms;
     int auto_publish;
@@ -228,8 +265,89 @@ struct work {
     char *thumb_key;
 };
 
+struct wlist {
+    struct work *head, *tail;
+    int n;
+};
+
+struct batch {
+    int n, left;
+    struct work *w[]; /* NULL where the work was cancelled */
+};
+
+static struct wlist starting[NSTAGES], results;
+static int results_out; /* result transactions out */
+static struct event *flush_ev;
+
+static void wl_add(struct wlist *l, struct work *w)
+{
+    w->prev = l->tail;
+    w->next = NULL;
+    if (l->tail)
+        l->tail->next = w;
+    else
+        l->head = w;
+    l->tail = w;
+    l->n++;
+    w->list = l;
+}
+
+static void wl_del(struct work *w)
+{
+    struct wlist *l = w->list;
+    if (!l) return;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        l->head = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        l->tail = w->prev;
+    l->n--;
+    w->prev = w->next = NULL;
+    w->list = NULL;
+}
+
+/* Up to max works off the head of l into a new batch; a work whose
+ * result must be stored alone makes a batch of its own. */
+static struct batch *batch_take(struct wlist *l, int max)
+{
+    int n = 0;
+    for (struct work *w = l->head; w && n < max; w = w->next) {
+        if (w->alone && n > 0) break;
+        n++;
+        if (w->alone) break;
+    }
+    struct batch *b = n ? calloc(1, sizeof *b + (size_t)n * sizeof b->w[0]) : NULL;
+    if (!b) return NULL;
+    b->n = n;
+    for (int i = 0; i < n; i++) {
+        struct work *w = l->head;
+        wl_del(w);
+        b->w[i] = w;
+        w->batch = b;
+        w->bidx = i;
+    }
+    return b;
+}
+
+/* The work leaves its batch (it was cancelled, or its part is over). */
+static void batch_leave(struct work *w)
+{
+    if (w->batch) w->batch->w[w->bidx] = NULL;
+    w->batch = NULL;
+}
+
+static void flush_soon(void)
+{
+    if (flush_ev) event_active(flush_ev, EV_TIMEOUT, 0);
+}
+
 static void work_free(struct work *w)
 {
+    wl_del(w);
+    batch_leave(w);
     free(w->key);
     free(w->ctype);
     free(w->title);
@@ -293,7 +411,8 @@ static void committed(void *arg, enum jobq_commit_outcome outcome, const char *e
         log_str(l, "recording_id", w->job->recording_id);
         log_int(l, "ms", ms);
         log_end(l);
-        if (!w->def->next) {
+        if (!w->def->next && log_enabled(LOG_INFO)) {
+            /* the stage timings of the whole recording, for the log */
             char *rec = strdup(w->job->recording_id);
             const char *p[1] = {rec};
             if (rec && !db_query(app.db, &q_timings, 1, p, log_timings, rec)) free(rec);
@@ -306,21 +425,39 @@ static void committed(void *arg, enum jobq_commit_outcome outcome, const char *e
     work_free(w);
 }
 
-static void enqueue_next(struct work *w, struct db_tx *tx, const char *stage, const char *payload)
+/* Appends "{a,b,...}" of n strings to out (elements need no quoting:
+ * uuids and status or stage names). */
+static void array_lit(struct evbuffer *out, const char *const *v, int n)
 {
-    struct jobq_new_job nj = {.org_id = w->job->org_id,
-                              .recording_id = w->job->recording_id,
-                              .stage = stage,
-                              .payload = payload,
-                              .max_attempts = cfg.job_max_attempts};
-    jobq_enqueue_tx(queue, tx, &nj, NULL, NULL);
+    evbuffer_add(out, "{", 1);
+    for (int i = 0; i < n; i++)
+        evbuffer_add_printf(out, "%s%s", i ? "," : "", v[i]);
+    evbuffer_add(out, "}", 2); /* with the NUL */
+}
+
+/* Queues q_status for n recordings (see there). */
+static void status_tx(struct db_tx *tx, int n, const char *const *recs, const char *const *orgs,
+                      const char *const *targets, const char *const *stage_names)
+{
+    struct evbuffer *b[4] = {evbuffer_new(), evbuffer_new(), evbuffer_new(), evbuffer_new()};
+    const char *const *cols[4] = {recs, orgs, targets, stage_names};
+    const char *p[4];
+    int ok = 1;
+    for (int k = 0; k < 4; k++) {
+        ok = ok && b[k];
+        if (b[k]) array_lit(b[k], cols[k], n);
+        p[k] = b[k] ? (const char *)evbuffer_pullup(b[k], -1) : NULL;
+    }
+    if (ok) db_tx_query(tx, &q_status, 4, p, NULL, NULL);
+    for (int k = 0; k < 4; k++)
+        if (b[k]) evbuffer_free(b[k]);
 }
 
 static void set_status(struct db_tx *tx, const struct jobq_job *job, const char *status,
                        const char *stage)
 {
-    const char *p[4] = {job->recording_id, job->org_id, status, stage};
-    db_tx_query(tx, &q_status, 4, p, NULL, NULL);
+    const char *rec = job->recording_id, *org = job->org_id;
+    status_tx(tx, 1, &rec, &org, &status, &stage);
 }
 
 static int is_regenerate(const struct jobq_job *job)
@@ -328,34 +465,96 @@ static int is_regenerate(const struct jobq_job *job)
     return strstr(job->payload, "\"regenerate\"") != NULL;
 }
 
-static void tx_begun(void *arg, struct db_tx *tx, const char *err)
+static void flush_results(void);
+
+/* One result batch's transaction is over (every work in it answered). */
+static void results_batch_end(struct batch *b)
 {
-    struct work *w = arg;
-    w->req = NULL;
-    if (!tx) {
-        work_fail(w, err ? err : "database unavailable", -1, 0);
-        return;
-    }
-    if (jobq_done_tx(w->job, tx) != 0) {
-        db_tx_rollback(tx);
-        work_fail(w, "cannot complete the job", -1, 0);
-        return;
-    }
-    w->write(w, tx);
-    if (w->def->next && !(strcmp(w->def->stage, "document") == 0 && is_regenerate(w->job)))
-        enqueue_next(w, tx, w->def->next, NULL);
-    /* last: the event's insert takes the organization's events lock,
-     * held until the COMMIT that follows it in the same pipeline */
-    if (w->def->done) set_status(tx, w->job, w->def->done, w->def->stage);
-    jobq_commit(w->job, tx, committed, w);
+    free(b);
+    results_out--;
+    flush_results();
 }
 
-/* The stage's result is ready (w->write knows how to store it). */
+static void result_answered(void *arg, enum jobq_commit_outcome outcome, const char *err)
+{
+    struct work *w = arg;
+    struct batch *b = w->batch;
+    w->batch = NULL;
+    if (outcome == JOBQ_UNDONE) {
+        /* another job of the transaction was lost: store this one alone */
+        w->alone = 1;
+        wl_add(&results, w);
+    } else {
+        committed(w, outcome, err);
+    }
+    if (--b->left == 0) results_batch_end(b);
+}
+
+static void results_begun(void *arg, struct db_tx *tx, const char *err)
+{
+    struct batch *b = arg;
+    struct jobq_job *jobs[BATCH_MAX];
+    void *args[BATCH_MAX];
+    int n = 0;
+    for (int i = 0; i < b->n; i++)
+        if (b->w[i]) {
+            jobs[n] = b->w[i]->job;
+            args[n++] = b->w[i];
+        }
+    if (!tx || n == 0 || jobq_done_tx_many(jobs, n, tx) != 0) {
+        if (tx) db_tx_rollback(tx);
+        for (int i = 0; i < n; i++) {
+            struct work *w = args[i];
+            batch_leave(w);
+            work_fail(w, !tx ? (err ? err : "database unavailable") : "cannot complete the job", -1,
+                      0);
+        }
+        results_batch_end(b);
+        return;
+    }
+    const char *recs[BATCH_MAX], *orgs[BATCH_MAX], *targets[BATCH_MAX], *names[BATCH_MAX];
+    struct jobq_new_job next[BATCH_MAX];
+    int ns = 0, nn = 0;
+    for (int i = 0; i < n; i++) {
+        struct work *w = args[i];
+        w->write(w, tx);
+        if (w->def->next && !(strcmp(w->def->stage, "document") == 0 && is_regenerate(w->job)))
+            next[nn++] = (struct jobq_new_job){.org_id = w->job->org_id,
+                                               .recording_id = w->job->recording_id,
+                                               .stage = w->def->next,
+                                               .max_attempts = cfg.job_max_attempts};
+        if (w->def->done) {
+            recs[ns] = w->job->recording_id;
+            orgs[ns] = w->job->org_id;
+            targets[ns] = w->def->done;
+            names[ns++] = w->def->stage;
+        }
+    }
+    if (nn) jobq_enqueue_tx_many(queue, tx, next, nn);
+    /* last: the events' insert takes the organization's events lock,
+     * held until the COMMIT that follows it in the same pipeline */
+    if (ns) status_tx(tx, ns, recs, orgs, targets, names);
+    b->left = n;
+    jobq_commit_many(jobs, n, tx, result_answered, args);
+}
+
+/* Sends the waiting results' transactions, RESULT_TXS at most at once. */
+static void flush_results(void)
+{
+    while (results_out < RESULT_TXS && results.n > 0) {
+        struct batch *b = batch_take(&results, BATCH_MAX);
+        if (!b) return; /* out of memory: the next flush tries again */
+        results_out++;
+        if (!db_tx_begin(app.db, results_begun, b)) results_begun(b, NULL, "database unavailable");
+    }
+}
+
+/* The stage's result is ready (write knows how to store it). */
 static void commit_result(struct work *w, void (*write)(struct work *w, struct db_tx *tx))
 {
     w->write = write;
-    w->req = db_tx_begin(app.db, tx_begun, w);
-    if (!w->req) work_fail(w, "database unavailable", -1, 0);
+    wl_add(&results, w);
+    flush_soon();
 }
 
 /* ---- transcription --------------------------------------------------------------- */
@@ -729,68 +928,95 @@ static void run_publication(struct work *w)
 
 /* ---- the queue's hooks ------------------------------------------------------------ */
 
-static void started(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
+/* Fills w from its q_begin row and runs its stage. */
+static void work_begin(struct work *w, const struct db_res *res, int row)
 {
-    struct work *w = arg;
-    (void)res;
-    (void)sqlstate;
-    w->req = NULL;
-    if (err) {
-        work_fail(w, err, -1, 0);
-        return;
-    }
-    log_stage(LOG_INFO, w, "stage started", NULL);
-    w->def->run(w);
-}
-
-static void ctx_loaded(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
-{
-    struct work *w = arg;
-    (void)sqlstate;
-    w->req = NULL;
-    if (err) {
-        work_fail(w, err, -1, 0);
-        return;
-    }
-    if (db_nrows(res) != 1) {
+    if (!db_bool(res, row, B_PRESENT)) {
         /* deleted meanwhile: nothing left to do */
         log_stage(LOG_INFO, w, "recording gone; job dropped", NULL);
         jobq_done(w->job);
         work_free(w);
         return;
     }
-    snprintf(w->status, sizeof w->status, "%s", db_str(res, 0, C_STATUS));
     const char *s;
-    w->key = (s = db_str(res, 0, C_KEY)) ? strdup(s) : NULL;
-    w->ctype = (s = db_str(res, 0, C_CTYPE)) ? strdup(s) : NULL;
-    w->title = (s = db_str(res, 0, C_TITLE)) ? strdup(s) : NULL;
-    w->duration_ms = db_isnull(res, 0, C_DURATION) ? -1 : db_int(res, 0, C_DURATION);
-    w->auto_publish = db_bool(res, 0, C_AUTOPUB);
-    w->text = (s = db_str(res, 0, C_TEXT)) ? strdup(s) : NULL;
-    if ((s = db_str(res, 0, C_WORDS))) w->words = json_tokener_parse(s);
+    w->key = (s = db_str(res, row, B_KEY)) ? strdup(s) : NULL;
+    w->ctype = (s = db_str(res, row, B_CTYPE)) ? strdup(s) : NULL;
+    w->title = (s = db_str(res, row, B_TITLE)) ? strdup(s) : NULL;
+    w->duration_ms = db_isnull(res, row, B_DURATION) ? -1 : db_int(res, row, B_DURATION);
+    w->auto_publish = db_bool(res, row, B_AUTOPUB);
+    w->text = (s = db_str(res, row, B_TEXT)) ? strdup(s) : NULL;
+    if ((s = db_str(res, row, B_WORDS))) w->words = json_tokener_parse(s);
     if (w->words && !json_object_is_type(w->words, json_type_array)) {
         json_object_put(w->words);
         w->words = NULL;
     }
     int needs_transcript =
         strcmp(w->def->stage, "document") == 0 || strcmp(w->def->stage, "embedding") == 0;
-    if (needs_transcript && !db_bool(res, 0, 9)) {
+    if (needs_transcript && !db_bool(res, row, B_HAS_T)) {
         work_fail(w, "no transcript", -1, 1);
         return;
     }
-    if (w->def->running) {
-        /* the running status is committed before the stage's work starts,
-         * so its event always comes before the result's */
-        char id[24];
-        snprintf(id, sizeof id, "%lld", w->job->id);
-        const char *p[6] = {
-            w->job->recording_id, w->job->org_id, w->def->running, w->def->stage, id,
-            jobq_worker_id(queue)};
-        w->req = db_query(app.db, &q_start, 6, p, started, w);
-        if (!w->req) work_fail(w, "database unavailable", -1, 0);
-        return;
+    log_stage(LOG_INFO, w, "stage started", NULL);
+    w->def->run(w);
+}
+
+static void begun(void *arg, const struct db_res *res, const char *err, const char *sqlstate)
+{
+    struct batch *b = arg;
+    (void)sqlstate;
+    int nrows = err ? 0 : db_nrows(res);
+    for (int i = 0; i < b->n; i++) {
+        struct work *w = b->w[i];
+        if (!w) continue; /* cancelled meanwhile */
+        batch_leave(w);
+        if (err) {
+            work_fail(w, err, -1, 0);
+            continue;
+        }
+        int row = -1;
+        for (int r = 0; r < nrows && row < 0; r++)
+            if (db_int(res, r, B_ID) == w->job->id) row = r;
+        if (row < 0) {
+            /* no longer this worker's: its completion writes nothing */
+            log_stage(LOG_INFO, w, "job no longer held at its start; dropped", NULL);
+            jobq_done(w->job);
+            work_free(w);
+            continue;
+        }
+        work_begin(w, res, row);
     }
-    started(w, NULL, NULL, "");
+    free(b);
+}
+
+/* Sends the waiting starts of one stage, BATCH_MAX a statement. */
+static void flush_starts(struct wlist *l, const struct stage_def *d)
+{
+    while (l->n > 0) {
+        struct batch *b = batch_take(l, BATCH_MAX);
+        if (!b) return;
+        struct evbuffer *ids = evbuffer_new();
+        if (ids) {
+            evbuffer_add(ids, "{", 1);
+            for (int i = 0; i < b->n; i++)
+                evbuffer_add_printf(ids, "%s%lld", i ? "," : "", b->w[i]->job->id);
+            evbuffer_add(ids, "}", 2);
+        }
+        const char *p[4] = {ids ? (const char *)evbuffer_pullup(ids, -1) : NULL,
+                            jobq_worker_id(queue), d->running, d->stage};
+        struct db_req *r = ids ? db_query(app.db, &q_begin, 4, p, begun, b) : NULL;
+        if (ids) evbuffer_free(ids);
+        if (!r) begun(b, NULL, "database unavailable", "");
+    }
+}
+
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    (void)arg;
+    for (int i = 0; i < NSTAGES; i++)
+        flush_starts(&starting[i], &stages[i]);
+    flush_results();
 }
 
 static void job_run(void *arg, struct jobq_job *job)
@@ -805,9 +1031,9 @@ static void job_run(void *arg, struct jobq_job *job)
     job->data = w;
     w->def = d;
     w->t0 = util_mono_ms();
-    const char *p[3] = {job->recording_id, job->org_id, d->stage};
-    w->req = db_query(app.db, &q_ctx, 3, p, ctx_loaded, w);
-    if (!w->req) work_fail(w, "database unavailable", -1, 0);
+    /* the other jobs of the claim join it: one q_begin for them all */
+    wl_add(&starting[d - stages], w);
+    flush_soon();
 }
 
 static void job_cancel(void *arg, struct jobq_job *job)
@@ -816,7 +1042,6 @@ static void job_cancel(void *arg, struct jobq_job *job)
     struct work *w = job->data;
     if (!w) return;
     log_stage(LOG_INFO, w, "stage cancelled", NULL);
-    if (w->req) db_cancel(w->req);
     prov_cancel(w->call);
     if (w->proc) proc_cancel(w->proc);
     work_free(w);
@@ -870,7 +1095,8 @@ int pipeline_start(char *err, size_t errlen)
                           .backoff_base_ms = cfg.job_backoff_ms,
                           .backoff_cap_ms = 600000,
                           .max_attempts = cfg.job_max_attempts};
-    queue = jobq_new(app.base, app.db, &o);
+    flush_ev = event_new(app.base, -1, 0, on_flush, NULL);
+    queue = flush_ev ? jobq_new(app.base, app.db, &o) : NULL;
     if (!queue) {
         snprintf(err, errlen, "cannot start the job queue");
         return -1;
@@ -918,6 +1144,8 @@ void pipeline_free(void)
 {
     jobq_free(queue);
     queue = NULL;
+    if (flush_ev) event_free(flush_ev);
+    flush_ev = NULL;
 }
 
 void pipeline_cancel_recording(const char *recording_id)
