@@ -7,31 +7,20 @@
 # claim-and-complete SQL (bench/queue_claim.sql): the database's ceiling
 # for jobs/s. Target: reeld's jobs/s >= 0.7x pgbench's.
 #
-# Two rounds, each in its own database and data dir of the same cluster:
-#   real  BENCH_PIPELINE_N recordings (default 50), everything as in
-#         production: ffprobe (duration, at upload), ffmpeg (audio
-#         extraction for the transcription request) and ffmpeg (thumbnail,
-#         publication) are spawned for every recording;
-#   stub  BENCH_PIPELINE_STUB_N recordings (default 1,000; 0 skips the
-#         round), a diagnostic: the same, with `ffmpeg` and `ffprobe`
-#         replaced on reeld's PATH by small bash scripts (written below)
-#         that do what the real tools do with this input (copy the MP3 as
-#         the "extracted" audio, fail the thumbnail as an audio-only input
-#         does, print the duration the real ffprobe measured), so what is
-#         left is reeld's own cost: the queue, the database writes, the
-#         provider round trips, and starting its children (bash, and for
-#         the thumbnail also dirname and mkdir) without ffmpeg's weight.
-# Why two: on this machine one ffmpeg or ffprobe start costs ~0.2-0.3 s of
-# CPU (216 shared libraries to load and relocate), 3 per recording, so
-# 1,000 real recordings need ~10 min of CPU on 2 cores, beyond this
-# benchmark's time budget (~4 min); the real round's rates do not depend
-# on its size (the cost is per recording); the stub round runs 1,000.
+# N recordings (BENCH_PIPELINE_N, default 1,000), everything as in
+# production for audio: the OpenAI transcriber sends the stored MP3 as it
+# is (no ffmpeg), publication takes no thumbnail of audio, so the measured
+# reeld spawns no child; what is measured is reeld's own cost: the queue,
+# the database writes, the provider round trips.
 #
-# Where the clock runs. Uploads are not the pipeline, so in each round
-# they are done first, by a reeld with REELD_WORKERS=off (the API only: no
-# process works the queue); the script waits until every upload's duration
-# probe has ended (stored, or failed with a warning), then stops that
-# reeld. The measured reeld is started with its workers on, on the same
+# Where the clock runs. Uploads are not the pipeline, so they are done
+# first, by a reeld with REELD_WORKERS=off (the API only: no process works
+# the queue); the script waits until every upload's duration probe has
+# ended (stored, or failed with a warning), then stops that reeld. That
+# reeld finds on its PATH an `ffprobe` script (written below) that prints
+# the duration the real ffprobe measured for the file: one real ffprobe
+# start costs ~0.3 s of CPU here (216 shared libraries), so 1,000 of them
+# would be minutes of set-up outside the measurement. The measured reeld is started with its workers on, on the same
 # database and data dir, and finds N transcription jobs queued. The clock
 # starts just before it is spawned (its start-up counts) and stops at the
 # last recording's completed_at (read from the database; psql polls the
@@ -44,8 +33,7 @@
 #
 # Sourced by bench/run after bench/lib/common.sh; entry point bench_main.
 
-BENCH_PIPELINE_N=${BENCH_PIPELINE_N:-50}
-BENCH_PIPELINE_STUB_N=${BENCH_PIPELINE_STUB_N:-1000}
+BENCH_PIPELINE_N=${BENCH_PIPELINE_N:-1000}
 BENCH_PIPELINE_LATENCY_MS=${BENCH_PIPELINE_LATENCY_MS:-20}
 BENCH_PIPELINE_CONCURRENCY=${BENCH_PIPELINE_CONCURRENCY:-32}
 BENCH_PIPELINE_POOL=${BENCH_PIPELINE_POOL:-8}
@@ -142,35 +130,14 @@ bench_pipeline_xacts() { # DB
 }
 
 
-# bench_pipeline_stubs DIR DURATION: `ffmpeg` and `ffprobe` scripts in DIR
-# for the stub round. They do with this bench's input (an audio-only MP3)
-# what the real tools do, at the cost of one bash start: ffmpeg copies its
-# input to its output when reeld extracts the audio (the input is already
-# a small MP3), and fails like the real one when asked for a video frame
-# (-frames:v: "does not contain any stream"); ffprobe prints DURATION
-# (what the real ffprobe measured on the file).
-bench_pipeline_stubs() {
-    local dir=$1
-    mkdir -p "$dir"
-    cat >"$dir/ffmpeg" <<'STUB'
-#!/bin/bash
-# bench/run pipeline, stub round: stands in for ffmpeg (see bench/pipeline.sh)
-in="" prev=""
-for a in "$@"; do
-    if [ "$a" = -frames:v ]; then
-        echo "Output file #0 does not contain any stream (bench stub: audio-only input)" >&2
-        exit 1
-    fi
-    [ "$prev" = -i ] && in=$a
-    prev=$a
-done
-out=${!#}
-[ -n "$in" ] && [ -f "$in" ] || { echo "bench stub ffmpeg: no input file" >&2; exit 1; }
-exec cp "$in" "$out"
-STUB
-    printf '#!/bin/bash\n# bench/run pipeline, stub round: stands in for ffprobe (see bench/pipeline.sh)\necho %s\n' \
-        "$2" >"$dir/ffprobe"
-    chmod +x "$dir/ffmpeg" "$dir/ffprobe"
+# bench_pipeline_probe DIR DURATION: an `ffprobe` script in DIR that
+# prints DURATION (what the real ffprobe measured on the bench's file), for
+# the API-only reeld of the uploads.
+bench_pipeline_probe() {
+    mkdir -p "$1"
+    printf '#!/bin/bash\n# bench/run pipeline: stands in for ffprobe at upload (see bench/pipeline.sh)\necho %s\n' \
+        "$2" >"$1/ffprobe"
+    chmod +x "$1/ffprobe"
 }
 
 # bench_pipeline_round NAME N DB [VAR=VALUE...]: N uploads by an API-only
@@ -188,7 +155,7 @@ bench_pipeline_round() {
 
     # ---- uploads, with no worker in any process
     bench_pipeline_reeld "$name-api" "$db" "$data" REELD_WORKERS=off REELD_DB_POOL="$BENCH_PIPELINE_POOL" \
-        "${PROV_ENV[@]}" "${extra[@]}"
+        "${PROV_ENV[@]}" "${extra[@]}" PATH="$BENCH_TMP/probe-bin:$PATH"
     local t org token
     t=$(bench_reeld_token --sub pipeline-bench) || bench_die "reeld token failed"
     org=$(curl -fsS -X POST "http://127.0.0.1:$REELD_PORT/api/organizations" \
@@ -375,7 +342,7 @@ bench_main() {
     bench_machine
     echo
     local v
-    for v in BENCH_PIPELINE_N BENCH_PIPELINE_STUB_N BENCH_PIPELINE_LATENCY_MS BENCH_PIPELINE_CONCURRENCY \
+    for v in BENCH_PIPELINE_N BENCH_PIPELINE_LATENCY_MS BENCH_PIPELINE_CONCURRENCY \
         BENCH_PIPELINE_POOL BENCH_PIPELINE_UPLOADERS BENCH_PIPELINE_TIMEOUT_S; do
         case "${!v}" in
         "" | *[!0-9]*) bench_die "$v must be a whole number (got '${!v}')" ;;
@@ -411,11 +378,8 @@ bench_main() {
     dur=$(ffprobe -v error -show_entries format=duration -of default=nw=1:nk=1 "$MEDIA") ||
         bench_die "ffprobe failed on the media file"
 
+    bench_pipeline_probe "$BENCH_TMP/probe-bin" "$dur"
     bench_pipeline_round real "$BENCH_PIPELINE_N" reeld
-    if [ "$BENCH_PIPELINE_STUB_N" -gt 0 ]; then
-        bench_pipeline_stubs "$BENCH_TMP/stub-bin" "$dur"
-        bench_pipeline_round stub "$BENCH_PIPELINE_STUB_N" reeld_stub PATH="$BENCH_TMP/stub-bin:$PATH"
-    fi
     bench_pipeline_peer
 
     echo "settings:"
@@ -440,16 +404,11 @@ bench_main() {
         "$PGB_TPS" "$PGB_LAT" "$PGB_XACTS" "$PGB_FAILED"
     printf '                         postgres CPU %s; jobs in pgb after: %s\n' "$PEER_PGCPU" "$PEER_LEFT"
     echo
-    bench_pipeline_report real "(a) real: ${R_N[real]} recordings, ffprobe + 2 ffmpeg per recording as in production"
-    if [ -n "${R_N[stub]:-}" ]; then
-        echo
-        bench_pipeline_report stub "(b) stub (diagnostic): ${R_N[stub]} recordings, ffmpeg and ffprobe replaced by bash stubs on reeld's PATH"
-    fi
+    bench_pipeline_report real "reeld: ${R_N[real]} recordings through the 4 stages"
     echo
     if [ "$BENCH_PIPELINE_PGSS" = 1 ]; then
-        local last=real db=reeld
-        [ -z "${R_N[stub]:-}" ] || { last=stub db=reeld_stub; }
-        echo "profile (BENCH_PIPELINE_PGSS=1): pg_stat_statements of database $db (round $last, uploads included)"
+        local db=reeld
+        echo "profile (BENCH_PIPELINE_PGSS=1): pg_stat_statements of database $db (uploads included)"
         echo "  calls | total ms | ms per call | rows | statement"
         bench_psql reeld "SELECT calls, round(total_exec_time::numeric, 1), round((total_exec_time / calls)::numeric, 3),
             rows, left(regexp_replace(query, '\s+', ' ', 'g'), 100) FROM pg_stat_statements
@@ -461,18 +420,17 @@ bench_main() {
     echo "  the clock starts just before the workers' reeld is spawned, once every upload and its duration"
     echo "  probe are in (an API-only reeld took them and was stopped), and stops at the last completed_at."
     echo "  CPU in clock ticks of $(getconf CLK_TCK) Hz; children = the workers' reeld cutime+cstime (the processes it"
-    echo "  spawned and reaped: ffmpeg in (a), the stub scripts in (b)); postgres = the whole private cluster."
+    echo "  spawned and reaped: none for audio); postgres = the whole private cluster."
     echo "  one ffmpeg start here: $(/usr/bin/env time -f '%e s wall, %U s user + %S s system' ffmpeg -nostdin -version 2>&1 >/dev/null | tail -1)" \
         "(ffmpeg -version, $(ldd "$(command -v ffmpeg)" | wc -l) shared libraries)"
     echo "  cluster: PostgreSQL $("$PGBIN/postgres" --version | awk '{print $3}'), fsync=off, other settings default."
     echo "  load average at end: $(cut -d' ' -f1-3 /proc/loadavg); wall time of this run: $(($(date +%s) - BENCH_T0)) s"
     local f
-    for f in real-api real-workers stub-api stub-workers; do
+    for f in real-api real-workers; do
         if [ -s "$BENCH_TMP/reeld-$f.err" ]; then
             echo "  reeld ($f) stderr (level warn and above): $(wc -l <"$BENCH_TMP/reeld-$f.err") lines, last:"
             tail -2 "$BENCH_TMP/reeld-$f.err" | cut -c1-240 | sed 's/^/    /'
         fi
     done
     [ "${R_DONE[real]}" = "${R_N[real]}" ] || exit 1
-    [ -z "${R_N[stub]:-}" ] || [ "${R_DONE[stub]}" = "${R_N[stub]}" ] || exit 1
 }
