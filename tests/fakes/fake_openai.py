@@ -29,6 +29,7 @@ import base64
 import collections
 import contextlib
 import email.utils
+import functools
 import hashlib
 import http
 import json
@@ -290,22 +291,71 @@ def auto_answer(messages):
 def embed(item, dim):
     """A deterministic unit vector for one input: signed hashed word features
     (four per word, sublinear term frequency), so texts sharing words have a
-    positive cosine; an input without words gets a hash-seeded direction."""
+    positive cosine; an input without words gets a hash-seeded direction.
+    The array is shared through a cache: do not modify it."""
+    return _embedding(item, dim)[0]
+
+
+def embed_base64(item, dim):
+    """embed() as base64 float32 (little-endian), cached like the vector."""
+    entry = _embedding(item, dim)
+    if entry[1] is None:
+        entry[1] = base64.b64encode(entry[0].tobytes()).decode()
+    return entry[1]
+
+
+def embed_json(item, dim, fmt):
+    """The JSON text of the "embedding" value in format fmt (float or
+    base64), cached like the vector."""
+    entry = _embedding(item, dim)
+    slot = 2 if fmt == "base64" else 3
+    if entry[slot] is None:
+        entry[slot] = json.dumps(embed_base64(item, dim) if fmt == "base64" else
+                                 entry[0].tolist())
+    return entry[slot]
+
+
+# (text, dim) -> [vector, its base64, JSON of the base64, JSON of the
+# floats] (None until asked for). Benches embed the same transcript chunks
+# over and over; bounded, oldest entry out first.
+_EMBED_CACHE = {}
+_EMBED_CACHE_MAX = 1024
+
+
+def _embedding(item, dim):
     text = item if isinstance(item, str) else " ".join(str(t) for t in item)
-    vec = [0.0] * dim
+    key = (text, dim)
+    entry = _EMBED_CACHE.get(key)
+    if entry is None:
+        entry = [_embed_vector(text, dim), None, None, None]
+        if len(_EMBED_CACHE) >= _EMBED_CACHE_MAX:
+            del _EMBED_CACHE[next(iter(_EMBED_CACHE))]
+        _EMBED_CACHE[key] = entry
+    return entry
+
+
+def _embed_vector(text, dim):
+    # Only the dimensions a word touches are visited: the sums, the norm
+    # (in index order, as over the whole vector: zeros add nothing) and
+    # the float32 values are the ones a dense loop gives.
+    acc = {}
     counts = collections.Counter(re.findall(r"\w+", text.lower()))
     for word, n in counts.items():
         d = hashlib.blake2b(word.encode(), digest_size=16).digest()
         w = 1.0 + math.log(n)
         for k in range(0, 16, 4):
             x = int.from_bytes(d[k:k + 4], "little")
-            vec[(x >> 1) % dim] += w if x & 1 else -w
-    norm = math.sqrt(sum(v * v for v in vec))
+            i = (x >> 1) % dim
+            acc[i] = acc.get(i, 0.0) + (w if x & 1 else -w)
+    norm = math.sqrt(sum(acc[i] * acc[i] for i in sorted(acc)))
+    vec = array.array("f", bytes(4 * dim))
     if norm == 0.0:
         h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
         vec[h % dim] = 1.0
-        norm = 1.0
-    return array.array("f", (v / norm for v in vec))
+        return vec
+    for i, v in acc.items():
+        vec[i] = v / norm
+    return vec
 
 
 def audio_duration(data):
@@ -544,18 +594,58 @@ class HttpError(Exception):
         self.status = status
 
 
+@functools.lru_cache(maxsize=1024)
+def split_target(target):
+    """(path, query pairs) of a request target."""
+    url = urllib.parse.urlsplit(target)
+    return url.path, tuple(urllib.parse.parse_qsl(url.query))
+
+
 class Request:
     __slots__ = ("method", "target", "path", "query", "version", "headers", "body", "keep_alive")
 
 
+class Reader(asyncio.StreamReader):
+    """The StreamReader of a connection; tells its Conn when the client
+    closes or resets the connection (the transport stops reading once
+    READER_BUFFER bytes wait, as a watcher that stops reading would)."""
+
+    conn = None
+
+    def feed_eof(self):
+        super().feed_eof()
+        if self.conn is not None:
+            self.conn.client_went_away()
+
+    def set_exception(self, exc):
+        super().set_exception(exc)
+        if self.conn is not None:
+            self.conn.client_went_away()
+
+
+READER_BUFFER = (1 << 20) + (128 << 10)
+
+
 class Conn:
-    """One client connection: a byte buffer over the StreamReader, so that a
-    watcher can read (and keep) pipelined bytes while a response streams."""
+    """One client connection: a byte buffer over the StreamReader (which
+    keeps pipelined bytes while a response streams), and the task of the
+    answer in progress, cancelled as soon as the client goes away."""
 
     def __init__(self, app, reader, writer):
         self.app, self.reader, self.writer = app, reader, writer
         self.buf = bytearray()
         self.eof = False
+        self.gone = False        # the client closed or reset the connection
+        self.answering = None    # the task of the answer in progress
+        self.cut_off = False     # that task was cancelled because the client went
+        reader.conn = self
+
+    def client_went_away(self):
+        self.gone = True
+        t = self.answering
+        if t is not None and not self.cut_off:
+            self.cut_off = True
+            t.cancel()
 
     async def fill(self):
         """Reads more bytes into buf; returns how many (0 at end of stream)."""
@@ -590,14 +680,6 @@ class Conn:
             if await self.fill() == 0:
                 raise ConnectionResetError("client closed mid-request")
 
-    async def watch_eof(self):
-        """Returns when the client closes (or resets) the connection; bytes
-        that arrive meanwhile (a pipelined request) stay in buf."""
-        while len(self.buf) < (1 << 20):
-            if await self.fill() == 0:
-                return
-        await asyncio.get_running_loop().create_future()  # full: wait to be cancelled
-
     async def read_request(self):
         """The next request with its whole body, or None at a clean end."""
         while self.buf[:2] == b"\r\n":
@@ -620,9 +702,8 @@ class Conn:
             raise HttpError(400, "bad request line")
         req = Request()
         req.method, req.target, req.version = parts
-        url = urllib.parse.urlsplit(req.target)
-        req.path = url.path
-        req.query = dict(urllib.parse.parse_qsl(url.query))
+        req.path, query = split_target(req.target)
+        req.query = dict(query)
         req.headers = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
@@ -679,6 +760,7 @@ class Conn:
 # HTTP/1.1 writing.
 
 _date_cache = [0, ""]
+REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 
 
 def http_date():
@@ -730,14 +812,12 @@ class Responder:
             await self._put(data[i:i + step])
             await asyncio.sleep(delay)
 
-    async def head(self, status, ctype, length=None, headers=None):
+    def _head(self, status, ctype, length, headers):
+        """The status line and headers, as bytes; counts the status."""
         self.rec.status = status
         self.app.state.stats.by_status[status] += 1
         self.chunked = length is None
-        try:
-            reason = http.HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Unknown"
+        reason = REASONS.get(status, "Unknown")
         lines = [f"HTTP/1.1 {status} {reason}", f"date: {http_date()}",
                  f"content-type: {ctype}",
                  f"x-request-id: req_{self.rec.id:08d}fake",
@@ -749,7 +829,22 @@ class Responder:
             lines.append(f"openai-model: {self.rec.model}")
         for k, v in (headers or {}).items():
             lines.append(f"{k}: {v}")
-        await self.send(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace"))
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "replace")
+
+    async def head(self, status, ctype, length=None, headers=None):
+        await self.send(self._head(status, ctype, length, headers))
+
+    async def fixed(self, status, ctype, body, headers=None, cut=None):
+        """The head and a body of known length in one write (the drip fault
+        still drips the head and then the body); cut sends only that many
+        bytes of the body."""
+        head = self._head(status, ctype, len(body), headers)
+        sent = body if cut is None else body[:cut]
+        if self.beh.fault == "drip":
+            await self.send(head)
+            await self.send(sent)
+        else:
+            await self._put(head + sent)
 
     async def chunk(self, data):
         await self.send(b"%x\r\n%s\r\n" % (len(data), data))
@@ -760,10 +855,11 @@ class Responder:
         self.rec.completed = True
         self.rec.finished_at = time.time()
 
-    async def json(self, status, obj, headers=None):
-        body = json.dumps(obj).encode()
-        await self.head(status, "application/json", len(body), headers)
-        await self.send(body)
+    async def json(self, status, obj, headers=None, body=None):
+        """obj as a JSON answer; body, when given, is json.dumps(obj) encoded."""
+        if body is None:
+            body = json.dumps(obj).encode()
+        await self.fixed(status, "application/json", body, headers)
         await self.end()
 
     async def error(self, beh):
@@ -779,17 +875,14 @@ class Responder:
 
     async def garbage_json(self, prefix):
         """A 200 whose application/json body is cut in the middle."""
-        body = prefix.encode()
-        await self.head(200, "application/json", len(body))
-        await self.send(body)
+        await self.fixed(200, "application/json", prefix.encode())
         await self.end()
 
     async def cut_json(self, obj):
         """The disconnect fault outside streams: announce the whole body, send
         half of it, close."""
         body = json.dumps(obj).encode()
-        await self.head(200, "application/json", len(body))
-        await self.send(body[:len(body) // 2])
+        await self.fixed(200, "application/json", body, cut=len(body) // 2)
         self.server_close()
 
     def server_close(self):
@@ -1051,16 +1144,24 @@ async def handle_embeddings(app, conn, req, rec, resp_factory):
             "Please reduce your prompt; or completion length."))
         return resp.keep
     dim = beh.embed_dim if beh.embed_ignore_dimensions else (dim or beh.embed_dim)
-    data = []
-    for i, item in enumerate(items):
-        vec = embed(item, dim)
-        value = base64.b64encode(vec.tobytes()).decode() if fmt == "base64" else vec.tolist()
-        data.append({"object": "embedding", "index": i, "embedding": value})
+    order = list(range(len(items)))
     if beh.embed_reverse:
-        data.reverse()
+        order.reverse()
     usage = {"prompt_tokens": sum(counts), "total_tokens": sum(counts)}
     if isinstance(beh.usage, dict):
         usage.update(beh.usage)
+    if beh.fault is None:
+        # json.dumps of the answer object below, put together from the
+        # cached JSON of each vector.
+        body = ('{"object": "list", "data": [' + ", ".join(
+            '{"object": "embedding", "index": %d, "embedding": %s}' % (
+                i, embed_json(items[i], dim, fmt)) for i in order) +
+            '], "model": ' + json.dumps(rec.model) + ', "usage": ' + json.dumps(usage) +
+            "}").encode()
+        await resp.json(200, None, body=body)
+        return resp.keep
+    data = [{"object": "embedding", "index": i, "embedding": embed_base64(items[i], dim)
+             if fmt == "base64" else embed(items[i], dim).tolist()} for i in order]
     answer = {"object": "list", "data": data, "model": rec.model, "usage": usage}
     await finish_json(resp, beh, answer)
     return resp.keep
@@ -1122,24 +1223,45 @@ async def handle_transcriptions(app, conn, req, rec, resp_factory):
             "type": "server_error", "param": None, "code": None}})
         return resp.keep
     duration = beh.duration if beh.duration is not None else audio_duration(audio)
-    words = beh.transcript.split() if beh.transcript is not None else \
-        transcript_words(len(audio), duration)
-    verbose = transcription(words, duration, beh.language, grans or ["segment"])
-    if fmt == "text" and beh.fault is None:
-        body = (verbose["text"] + "\n").encode()
-        await resp.head(200, "text/plain; charset=utf-8", len(body))
-        await resp.send(body)
+    verbose, bodies = transcription_cached(beh.transcript, len(audio), duration, beh.language,
+                                           tuple(grans or ["segment"]))
+    if fmt in ("text", "srt", "vtt") and beh.fault is None:
+        body = bodies.get(fmt)
+        if body is None:
+            body = bodies[fmt] = ((verbose["text"] + "\n").encode() if fmt == "text" else
+                                  subtitles(verbose["segments"], fmt).encode())
+        await resp.fixed(200, "text/plain; charset=utf-8", body)
         await resp.end()
         return resp.keep
-    if fmt in ("srt", "vtt") and beh.fault is None:
-        body = subtitles(verbose["segments"], fmt).encode()
-        await resp.head(200, "text/plain; charset=utf-8", len(body))
-        await resp.send(body)
-        await resp.end()
+    if fmt == "verbose_json" and beh.fault is None:
+        body = bodies.get(fmt)
+        if body is None:
+            body = bodies[fmt] = json.dumps(verbose).encode()
+        await resp.json(200, verbose, body=body)
         return resp.keep
     answer = verbose if fmt == "verbose_json" else {"text": verbose["text"]}
     await finish_json(resp, beh, answer)
     return resp.keep
+
+
+# (transcript, size, duration, language, granularities) -> (verbose_json
+# object, {format: encoded answer}). Every upload of one file gets the same
+# answer; bounded, oldest entry out first. The objects are shared: read-only.
+_TRANSCRIPTION_CACHE = {}
+_TRANSCRIPTION_CACHE_MAX = 256
+
+
+def transcription_cached(transcript, size, duration, language, grans):
+    key = (transcript, None if transcript is not None else size, duration, language, grans)
+    entry = _TRANSCRIPTION_CACHE.get(key)
+    if entry is None:
+        words = transcript.split() if transcript is not None else \
+            transcript_words(size, duration)
+        entry = (transcription(words, duration, language, list(grans)), {})
+        if len(_TRANSCRIPTION_CACHE) >= _TRANSCRIPTION_CACHE_MAX:
+            del _TRANSCRIPTION_CACHE[next(iter(_TRANSCRIPTION_CACHE))]
+        _TRANSCRIPTION_CACHE[key] = entry
+    return entry
 
 
 async def handle_models(app, conn, req, rec, resp_factory):
@@ -1308,35 +1430,32 @@ class App:
         return await self.watched(conn, req, rec, endpoint)
 
     async def watched(self, conn, req, rec, endpoint):
-        """Runs the handler while watching the client's side of the
-        connection, so a client that goes away is seen at once even while
-        the answer sleeps (latency, token pacing, the timeout fault)."""
+        """Runs the handler as a task that the connection cancels as soon as
+        the client goes away (Reader tells it), even while the answer sleeps
+        (latency, token pacing, the timeout fault)."""
         st = self.state.stats
         st.in_flight += 1
-        answer = asyncio.ensure_future(self.answer(conn, req, rec, endpoint))
-        watch = asyncio.ensure_future(conn.watch_eof())
+        # The answer runs in the connection's own task (no task per
+        # request); Conn.client_went_away cancels that task, and the
+        # cancellation is taken back here.
+        task = asyncio.current_task()
+        conn.answering, conn.cut_off = task, False
+        if conn.gone:
+            # Gone before the answer started: it gets its first step.
+            asyncio.get_running_loop().call_soon(conn.client_went_away)
         try:
-            await asyncio.wait({answer, watch}, return_when=asyncio.FIRST_COMPLETED)
-            if answer.done():
-                watch.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watch
-                try:
-                    keep = answer.result()
-                except (ConnectionError, OSError):
-                    self.client_gone(rec)
-                    keep = False
-            else:
-                answer.cancel()
-                with contextlib.suppress(asyncio.CancelledError, ConnectionError, OSError):
-                    await answer
-                self.client_gone(rec)
-                keep = False
+            keep = await self.answer(conn, req, rec, endpoint)
+        except (ConnectionError, OSError):
+            self.client_gone(rec)
+            keep = False
         except asyncio.CancelledError:
-            answer.cancel()
-            watch.cancel()
-            raise
+            if not conn.cut_off or task.cancelling() > 1:
+                raise
+            task.uncancel()
+            self.client_gone(rec)
+            keep = False
         finally:
+            conn.answering = None
             st.in_flight -= 1
         if self.verbose:
             print(f"{rec.method} {rec.path} {rec.status} fault={rec.fault} "
@@ -1355,7 +1474,6 @@ class App:
         def resp_factory(beh):
             return Responder(self, conn, rec, beh, req)
 
-        plain = Behaviour(BASE_DEFAULTS)
         try:
             if endpoint is None:
                 raise Reject(404, bad_request(f"Invalid URL ({req.method} {req.path})"))
@@ -1370,7 +1488,7 @@ class App:
                     raise Reject(s, {"error": b})
             return await HANDLERS[endpoint](self, conn, req, rec, resp_factory)
         except Reject as e:
-            resp = resp_factory(plain)
+            resp = resp_factory(Behaviour(BASE_DEFAULTS))
             await resp.json(e.status, e.body)
             return resp.keep
         except (ConnectionError, OSError, asyncio.CancelledError):
@@ -1378,7 +1496,7 @@ class App:
         except Exception:  # noqa: BLE001 - a bug in the fake: say so, answer 500
             traceback.print_exc(file=sys.stderr)
             if rec.first_byte_at is None:
-                resp = resp_factory(plain)
+                resp = resp_factory(Behaviour(BASE_DEFAULTS))
                 await resp.json(500, {"error": {"message": "fake_openai internal error",
                                                 "type": "server_error", "param": None,
                                                 "code": None}})
@@ -1479,10 +1597,15 @@ async def amain(args):
         print(f"fake_openai: bad defaults: {e}", file=sys.stderr)
         return 2
     app = App(args, defaults, per_model)
-    server = await asyncio.start_server(app.serve_conn, args.host, args.port, backlog=4096)
+    loop = asyncio.get_running_loop()
+
+    def protocol():
+        reader = Reader(limit=READER_BUFFER // 2, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, app.serve_conn, loop=loop)
+
+    server = await loop.create_server(protocol, args.host, args.port, backlog=4096)
     host, port = server.sockets[0].getsockname()[:2]
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if args.exit_with_parent:
