@@ -35,7 +35,7 @@
 
 BENCH_PIPELINE_N=${BENCH_PIPELINE_N:-1000}
 BENCH_PIPELINE_LATENCY_MS=${BENCH_PIPELINE_LATENCY_MS:-20}
-BENCH_PIPELINE_CONCURRENCY=${BENCH_PIPELINE_CONCURRENCY:-32}
+BENCH_PIPELINE_CONCURRENCY=${BENCH_PIPELINE_CONCURRENCY:-64}
 BENCH_PIPELINE_POOL=${BENCH_PIPELINE_POOL:-8}
 BENCH_PIPELINE_UPLOADERS=${BENCH_PIPELINE_UPLOADERS:-8}
 BENCH_PIPELINE_TIMEOUT_S=${BENCH_PIPELINE_TIMEOUT_S:-600}
@@ -389,8 +389,9 @@ bench_main() {
     echo "    (every answer, transcription, chat and embeddings, waits $BENCH_PIPELINE_LATENCY_MS ms before its first byte)"
     echo "  reeld: REELD_STAGE_CONCURRENCY=$BENCH_PIPELINE_CONCURRENCY (each of the 4 stages), REELD_DB_POOL=$BENCH_PIPELINE_POOL," \
         "claim batch 16, REELD_LOG=warn, other settings default"
-    echo "  with $BENCH_PIPELINE_CONCURRENCY jobs of a stage in flight and $BENCH_PIPELINE_LATENCY_MS ms per provider answer, the round trips"
-    echo "  alone would allow $(awk -v c="$BENCH_PIPELINE_CONCURRENCY" -v l="$BENCH_PIPELINE_LATENCY_MS" 'BEGIN { printf "%.0f", c * 1000 / l }') recordings/s: the fixed latency is not the bottleneck."
+    echo "  a job holds a slot of its stage from its claim to its stored result (\"mean stage time\" below: the"
+    echo "  provider's $BENCH_PIPELINE_LATENCY_MS ms plus the database work and the waits for the CPU), so a stage does at most"
+    echo "  $BENCH_PIPELINE_CONCURRENCY / that time jobs/s (Little's law); BENCH_PIPELINE_CONCURRENCY sets the slots."
     echo "  cmd: reeld serve with REELD_WORKERS=off; python3 bench/pipeline_upload.py --port \$API_PORT --token \$TOKEN" \
         "--file tone.mp3 --count N --clients $BENCH_PIPELINE_UPLOADERS --type audio/mpeg; stop it"
     echo "  cmd: REELD_STAGE_CONCURRENCY=$BENCH_PIPELINE_CONCURRENCY REELD_DB_POOL=$BENCH_PIPELINE_POOL build/reeld serve" \
