@@ -20,6 +20,9 @@ CREATE INDEX recordings_upload_expiry ON recordings (upload_expires_at)
 -- Room on each page for the new row versions of HOT updates.
 ALTER TABLE recordings SET (fillfactor = 70);
 
--- Embeddings are float32 vectors, which pglz cannot shrink: store them
--- out of line without trying to compress them first.
-ALTER TABLE transcript_chunks ALTER COLUMN embedding SET STORAGE EXTERNAL;
+-- Embeddings are float32 vectors, which pglz cannot shrink: keep them in
+-- the row (a 1536-dim vector and its chunk's text fit in a page) rather
+-- than in the TOAST table, which costs a second heap and index insert per
+-- chunk and a second lookup per chunk when the search index loads.
+-- Larger rows still move out of line.
+ALTER TABLE transcript_chunks ALTER COLUMN embedding SET STORAGE MAIN;
