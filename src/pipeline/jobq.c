@@ -743,22 +743,27 @@ static void fail_start(struct job *j, const char *error, long long retry_after_m
 
 static void on_done_tx(void *arg, const struct db_res *res, const char *err, const char *sqlstate);
 
-/* A transaction's group of n jobs (their completion was queued on tx). */
-static struct txg *txg_new(struct jobq_job *const *pubs, int n, struct db_tx *tx)
+/* A group for n jobs, empty until txg_join. */
+static struct txg *txg_new(int n)
 {
     struct txg *g = malloc(sizeof *g + (size_t)n * sizeof g->jobs[0]);
     if (!g) return NULL;
     g->owned = -1;
     g->err = NULL;
     g->n = n;
-    for (int i = 0; i < n; i++) {
+    return g;
+}
+
+/* The group's n jobs join it: their completion is queued on tx. */
+static void txg_join(struct txg *g, struct jobq_job *const *pubs, struct db_tx *tx)
+{
+    for (int i = 0; i < g->n; i++) {
         struct job *j = (struct job *)pubs[i];
         g->jobs[i] = j;
         j->g = g;
         j->tx = tx;
         j->state = J_TX;
     }
-    return g;
 }
 
 static void txg_free(struct txg *g)
@@ -799,9 +804,10 @@ int jobq_done_tx_many(struct jobq_job *const *pubs, int n, struct db_tx *tx)
     if (!q) return -1;
     if (n == 1 && first->state == J_ORPHAN) {
         /* lost or cancelled already: nothing to queue; jobq_commit rolls back */
-        struct txg *g = txg_new(pubs, 1, tx);
+        struct txg *g = txg_new(1);
         if (!g) return -1;
         g->owned = 0;
+        txg_join(g, pubs, tx);
         return 0;
     }
     char *lit = running_ids(q, pubs, n), count[16];
@@ -809,7 +815,7 @@ int jobq_done_tx_many(struct jobq_job *const *pubs, int n, struct db_tx *tx)
     snprintf(count, sizeof count, "%d", n);
     /* the group exists before the statement (its callback's argument);
      * the jobs join it only once the statement is queued */
-    struct txg *g = malloc(sizeof *g + (size_t)n * sizeof g->jobs[0]);
+    struct txg *g = txg_new(n);
     const char *p[3] = {lit, q->worker_id, count};
     int rc = g ? db_tx_query(tx, &q_done_tx, 3, p, on_done_tx, g) : -1;
     free(lit);
@@ -817,16 +823,7 @@ int jobq_done_tx_many(struct jobq_job *const *pubs, int n, struct db_tx *tx)
         free(g);
         return -1;
     }
-    g->owned = -1;
-    g->err = NULL;
-    g->n = n;
-    for (int i = 0; i < n; i++) {
-        struct job *j = (struct job *)pubs[i];
-        g->jobs[i] = j;
-        j->g = g;
-        j->tx = tx;
-        j->state = J_TX;
-    }
+    txg_join(g, pubs, tx);
     return 0;
 }
 
