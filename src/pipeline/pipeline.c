@@ -482,6 +482,7 @@ static void result_answered(void *arg, enum jobq_commit_outcome outcome, const c
     w->batch = NULL;
     if (outcome == JOBQ_UNDONE) {
         /* another job of the transaction was lost: store this one alone */
+        log_stage(LOG_INFO, w, "stage result stored again alone: its batch had a lost job", NULL);
         w->alone = 1;
         wl_add(&results, w);
     } else {
