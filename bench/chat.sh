@@ -57,22 +57,6 @@ bench_chat_build() {
     }
 }
 
-# bench_chat_fake: the fake provider on a free port; sets FAKE_PORT, FAKE_PID.
-bench_chat_fake() {
-    python3 "$ROOT/tests/fakes/fake_openai.py" --host 127.0.0.1 --port 0 \
-        >"$BENCH_TMP/fake.out" 2>"$BENCH_TMP/fake.err" &
-    FAKE_PID=$!
-    BENCH_PIDS+=("$FAKE_PID")
-    for _ in $(seq 100); do
-        FAKE_PORT=$(sed -n 's/^fake_openai listening on [0-9.]*:\([0-9]*\)$/\1/p' "$BENCH_TMP/fake.out")
-        [ -n "$FAKE_PORT" ] && return 0
-        kill -0 "$FAKE_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    cat "$BENCH_TMP/fake.err" >&2
-    bench_die "the fake provider did not start"
-}
-
 # bench_chat_defaults JSON: POST /_control/defaults to the fake.
 bench_chat_defaults() {
     curl -fsS -o /dev/null -X POST "http://127.0.0.1:$FAKE_PORT/_control/defaults" \
@@ -111,7 +95,7 @@ bench_main() {
 
     bench_chat_build
     bench_pg_start
-    bench_chat_fake
+    bench_fake_start
     bench_chat_defaults "$(jq -cn --arg t "$BENCH_CHAT_TRANSCRIPT" '{transcript: $t}')"
 
     export REELD_TRANSCRIBER=openai REELD_LLM=openai REELD_EMBEDDER=openai

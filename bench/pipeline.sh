@@ -108,25 +108,6 @@ bench_pipeline_alive() { # NAME
     return 1
 }
 
-# bench_pipeline_fake: the fake provider with a fixed latency on every
-# answer (transcriptions, chat completions, embeddings). Sets FAKE_PORT,
-# FAKE_PID.
-bench_pipeline_fake() {
-    python3 "$ROOT/tests/fakes/fake_openai.py" --host 127.0.0.1 --port 0 \
-        --latency-ms "$BENCH_PIPELINE_LATENCY_MS" >"$BENCH_TMP/fake.out" 2>"$BENCH_TMP/fake.err" &
-    FAKE_PID=$!
-    BENCH_PIDS+=("$FAKE_PID")
-    local _
-    for _ in $(seq 100); do
-        FAKE_PORT=$(sed -n 's/^fake_openai listening on [0-9.]*:\([0-9]*\)$/\1/p' "$BENCH_TMP/fake.out")
-        [ -n "$FAKE_PORT" ] && return 0
-        kill -0 "$FAKE_PID" 2>/dev/null || break
-        sleep 0.1
-    done
-    cat "$BENCH_TMP/fake.err" >&2
-    bench_die "the fake provider did not start"
-}
-
 # bench_pipeline_counts DB: "completed error other" over the recordings.
 bench_pipeline_counts() {
     bench_psql "$1" "SELECT count(*) FILTER (WHERE status = 'completed'),
@@ -392,7 +373,8 @@ bench_main() {
             bench_die "cannot restart PostgreSQL with pg_stat_statements"
         bench_psql reeld "CREATE EXTENSION pg_stat_statements" >/dev/null
     fi
-    bench_pipeline_fake
+    # the fake provider with a fixed latency on every answer
+    bench_fake_start --latency-ms "$BENCH_PIPELINE_LATENCY_MS"
     PROV_ENV=(REELD_TRANSCRIBER=openai REELD_LLM=openai REELD_EMBEDDER=openai
         OPENAI_BASE_URL="http://127.0.0.1:$FAKE_PORT/v1" OPENAI_API_KEY=sk-bench)
 

@@ -88,6 +88,25 @@ bench_pg_start() {
     PGURL=$("$ROOT/scripts/pg.sh" url "$PGDIR" "$PGPORT")
 }
 
+# bench_fake_start [ARGS...]: tests/fakes/fake_openai.py on a free
+# loopback port with ARGS added; returns once it listens. Sets FAKE_PORT,
+# FAKE_PID. Logs: $BENCH_TMP/fake.out and .err.
+bench_fake_start() {
+    python3 "$ROOT/tests/fakes/fake_openai.py" --host 127.0.0.1 --port 0 "$@" \
+        >"$BENCH_TMP/fake.out" 2>"$BENCH_TMP/fake.err" &
+    FAKE_PID=$!
+    BENCH_PIDS+=("$FAKE_PID")
+    local _
+    for _ in $(seq 100); do
+        FAKE_PORT=$(sed -n 's/^fake_openai listening on [0-9.]*:\([0-9]*\)$/\1/p' "$BENCH_TMP/fake.out")
+        [ -n "$FAKE_PORT" ] && return 0
+        kill -0 "$FAKE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    cat "$BENCH_TMP/fake.err" >&2
+    bench_die "the fake provider did not start"
+}
+
 # bench_psql DB SQL: one query on the private cluster, unaligned output.
 bench_psql() {
     "$PGBIN/psql" -X -h "$PGDIR" -p "$PGPORT" -U reeld -d "$1" -v ON_ERROR_STOP=1 -tAc "$2"
