@@ -103,6 +103,12 @@ int db_tx_query(struct db_tx *tx, const struct db_stmt *st, int nparams, const c
 void db_tx_commit(struct db_tx *tx, db_cb cb, void *arg);
 void db_tx_rollback(struct db_tx *tx);
 
+/* A text array literal of v[0..n-1] for a $k::type[] parameter: each
+ * element in double quotes, a backslash before each double quote and
+ * backslash in it, a NULL element as NULL. Returns a malloc'd string
+ * (the caller frees it), or NULL when out of memory. */
+char *db_array_lit(const char *const *v, int n);
+
 /* Typed row access (row 0-based; col by index or by name via db_col). */
 int db_nrows(const struct db_res *r);
 int db_col(const struct db_res *r, const char *name); /* -1 if absent */

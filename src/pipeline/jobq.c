@@ -1062,52 +1062,31 @@ int jobq_enqueue_tx(struct jobq *q, struct db_tx *tx, const struct jobq_new_job 
     return tx ? enqueue(q, tx, spec, cb, arg) : -1;
 }
 
-/* Appends s to an array literal being built in b: in double quotes, a
- * backslash before each double quote and backslash; NULL as NULL. */
-static void array_elem(struct evbuffer *b, int first, const char *s)
-{
-    if (!first) evbuffer_add(b, ",", 1);
-    if (!s) {
-        evbuffer_add(b, "NULL", 4);
-        return;
-    }
-    evbuffer_add(b, "\"", 1);
-    for (const char *p = s; *p; p++) {
-        if (*p == '"' || *p == '\\') evbuffer_add(b, "\\", 1);
-        evbuffer_add(b, p, 1);
-    }
-    evbuffer_add(b, "\"", 1);
-}
-
 int jobq_enqueue_tx_many(struct jobq *q, struct db_tx *tx, const struct jobq_new_job *specs, int n)
 {
     if (!tx || !specs || n <= 0) return -1;
     for (int i = 0; i < n; i++)
         if (!spec_ok(&specs[i])) return -1;
-    struct evbuffer *b[6];
-    int ok = 1;
-    for (int k = 0; k < 6; k++) {
-        b[k] = evbuffer_new();
-        ok = ok && b[k];
-        if (b[k]) evbuffer_add(b[k], "{", 1);
-    }
+    /* the six columns, n values each, then the numbers' text */
+    const char **col = malloc((size_t)n * 6 * sizeof *col);
+    char(*num)[2][24] = malloc((size_t)n * sizeof *num);
+    char *p[6] = {0};
+    int ok = col && num;
     for (int i = 0; ok && i < n; i++) {
         const struct jobq_new_job *s = &specs[i];
-        char delay[24], max[16];
-        snprintf(delay, sizeof delay, "%lld", s->delay_ms);
-        snprintf(max, sizeof max, "%d", spec_attempts(q, s));
-        const char *v[6] = {s->org_id, s->recording_id, s->stage, s->payload, delay, max};
+        snprintf(num[i][0], sizeof num[i][0], "%lld", s->delay_ms);
+        snprintf(num[i][1], sizeof num[i][1], "%d", spec_attempts(q, s));
+        const char *v[6] = {s->org_id, s->recording_id, s->stage, s->payload, num[i][0], num[i][1]};
         for (int k = 0; k < 6; k++)
-            array_elem(b[k], i == 0, v[k]);
+            col[k * n + i] = v[k];
     }
-    const char *p[6];
-    for (int k = 0; ok && k < 6; k++) {
-        ok = evbuffer_add(b[k], "}", 2) == 0; /* with the NUL */
-        p[k] = ok ? (const char *)evbuffer_pullup(b[k], -1) : NULL;
-    }
-    int rc = ok ? db_tx_query(tx, &q_enqueue_many, 6, p, NULL, NULL) : -1;
+    for (int k = 0; ok && k < 6; k++)
+        ok = (p[k] = db_array_lit(col + k * n, n)) != NULL;
+    int rc = ok ? db_tx_query(tx, &q_enqueue_many, 6, (const char *const *)p, NULL, NULL) : -1;
     for (int k = 0; k < 6; k++)
-        if (b[k]) evbuffer_free(b[k]);
+        free(p[k]);
+    free(col);
+    free(num);
     return rc;
 }
 

@@ -425,32 +425,18 @@ static void committed(void *arg, enum jobq_commit_outcome outcome, const char *e
     work_free(w);
 }
 
-/* Appends "{a,b,...}" of n strings to out (elements need no quoting:
- * uuids and status or stage names). */
-static void array_lit(struct evbuffer *out, const char *const *v, int n)
-{
-    evbuffer_add(out, "{", 1);
-    for (int i = 0; i < n; i++)
-        evbuffer_add_printf(out, "%s%s", i ? "," : "", v[i]);
-    evbuffer_add(out, "}", 2); /* with the NUL */
-}
-
 /* Queues q_status for n recordings (see there). */
 static void status_tx(struct db_tx *tx, int n, const char *const *recs, const char *const *orgs,
                       const char *const *targets, const char *const *stage_names)
 {
-    struct evbuffer *b[4] = {evbuffer_new(), evbuffer_new(), evbuffer_new(), evbuffer_new()};
     const char *const *cols[4] = {recs, orgs, targets, stage_names};
-    const char *p[4];
+    char *p[4];
     int ok = 1;
-    for (int k = 0; k < 4; k++) {
-        ok = ok && b[k];
-        if (b[k]) array_lit(b[k], cols[k], n);
-        p[k] = b[k] ? (const char *)evbuffer_pullup(b[k], -1) : NULL;
-    }
-    if (ok) db_tx_query(tx, &q_status, 4, p, NULL, NULL);
     for (int k = 0; k < 4; k++)
-        if (b[k]) evbuffer_free(b[k]);
+        ok = (p[k] = db_array_lit(cols[k], n)) != NULL && ok;
+    if (ok) db_tx_query(tx, &q_status, 4, (const char *const *)p, NULL, NULL);
+    for (int k = 0; k < 4; k++)
+        free(p[k]);
 }
 
 static void set_status(struct db_tx *tx, const struct jobq_job *job, const char *status,
